@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Idempotent setup: torch pinned first (an unpinned torch pulls GBs of CUDA wheels), then tasu and its deps.
+#   bash launch/setup.sh          runtime
+#   bash launch/setup.sh --dev    + test and lint tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras=""
+if [ "${1:-}" = "--dev" ]; then extras="[dev]"; fi
+python3 -m pip install -q --disable-pip-version-check "torch==2.13.0"
+python3 -m pip install -q --disable-pip-version-check -e ".${extras}"

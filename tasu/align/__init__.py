@@ -1,0 +1,1 @@
+"""Text-only alignment: CTC posterior simulation (CPS) and posterior compression (PSD)."""

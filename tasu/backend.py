@@ -1,0 +1,135 @@
+"""Backend facade: the only module that names CUDA / Ascend NPU.
+
+Everything device-specific goes through DeepSpeed's accelerator abstraction
+(`deepspeed.accelerator.get_accelerator()`), selected by `DS_ACCELERATOR` or auto-detected. This module adds a
+small table device type -> communication backend -> autocast dtype, memory stats and RNG state.
+
+The NPU path follows torch_npu's documented API (`import torch_npu`, `torch.npu.*`, backend "hccl") and is
+import-guarded: it is NOT verified on Ascend hardware.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger("tasu.backend")
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What a device type implies for distributed training."""
+
+    device_type: str       # "cpu" | "cuda" | "npu"
+    comm_backend: str      # torch.distributed backend
+    supports_fp16: bool    # fp16 training (DeepSpeed refuses fp16 on CPU)
+    supports_bf16: bool
+    autocast_dtype: torch.dtype
+
+
+BACKENDS = {
+    "cpu": BackendInfo("cpu", "gloo", supports_fp16=False, supports_bf16=True, autocast_dtype=torch.bfloat16),
+    "cuda": BackendInfo("cuda", "nccl", supports_fp16=True, supports_bf16=True, autocast_dtype=torch.bfloat16),
+    "npu": BackendInfo("npu", "hccl", supports_fp16=True, supports_bf16=True, autocast_dtype=torch.bfloat16),
+}
+
+
+def npu_available() -> bool:
+    """True only when torch_npu imports and sees a device (find_spec is not enough: it needs CANN libraries)."""
+    try:
+        import torch_npu  # noqa: F401
+
+        return bool(torch.npu.is_available())
+    except Exception:
+        return False
+
+
+def _detect() -> str:
+    forced = os.environ.get("DS_ACCELERATOR")
+    if forced:
+        if forced not in BACKENDS:
+            raise ValueError(f"DS_ACCELERATOR={forced!r} is not supported by tasu (cpu | cuda | npu)")
+        return forced
+    if torch.cuda.is_available():
+        return "cuda"
+    if npu_available():
+        return "npu"
+    return "cpu"
+
+
+@functools.lru_cache(maxsize=1)
+def current_device_type() -> str:
+    """The active device type: DS_ACCELERATOR if set, else auto-detected (cuda, then npu, then cpu)."""
+    return _detect()
+
+
+def info() -> BackendInfo:
+    return BACKENDS[current_device_type()]
+
+
+def accelerator():
+    """DeepSpeed's accelerator object for the active backend (sets DS_ACCELERATOR so DeepSpeed agrees)."""
+    os.environ.setdefault("DS_ACCELERATOR", current_device_type())
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator()
+
+
+def device(local_rank: int = 0) -> torch.device:
+    """The torch device for this process."""
+    kind = current_device_type()
+    if kind == "cpu":
+        return torch.device("cpu")
+    return torch.device(kind, local_rank)
+
+
+def set_device(local_rank: int) -> None:
+    if current_device_type() != "cpu":
+        accelerator().set_device(local_rank)
+
+
+def synchronize() -> None:
+    if current_device_type() != "cpu":
+        accelerator().synchronize()
+
+
+def peak_memory_bytes() -> int:
+    """Peak allocated device memory (accelerators) or peak RSS of this process (CPU)."""
+    if current_device_type() == "cpu":
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    return int(accelerator().max_memory_allocated())
+
+
+def reset_peak_memory() -> None:
+    if current_device_type() != "cpu":
+        accelerator().reset_peak_memory_stats()
+
+
+def rng_state() -> dict:
+    """RNG states to checkpoint: torch CPU + the accelerator's (if any)."""
+    state = {"cpu": torch.get_rng_state()}
+    if current_device_type() != "cpu":
+        state["device"] = accelerator().get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "device" in state and current_device_type() != "cpu":
+        accelerator().set_rng_state(state["device"])
+
+
+def check_precision(precision: str) -> None:
+    """Refuse a precision the backend cannot train in, with a clear message."""
+    b = info()
+    if precision == "fp16" and not b.supports_fp16:
+        raise ValueError(f"train.precision=fp16 is not supported on the {b.device_type} backend "
+                         "(DeepSpeed refuses fp16 there); use bf16 or fp32")
+    if precision == "bf16" and not b.supports_bf16:
+        raise ValueError(f"train.precision=bf16 is not supported on the {b.device_type} backend")

@@ -1,0 +1,1 @@
+"""Typed config: dataclasses, YAML loading with dotted overrides, validation."""

@@ -1,0 +1,1 @@
+"""Model side: CTC encoders, projectors, LLM, and the SpeechLLM that composes them."""

@@ -1,0 +1,160 @@
+"""SpeechLLM: the module that owns the seam between speech and text.
+
+    speech (features or simulated posteriors) -> [encoder -> PSD] -> projector -> LLM embeddings
+    LLM input per sample:  [prompt_prefix] [speech frames] [prompt_suffix] [answer]
+
+Modes (chosen per stage by config, not by separate scripts):
+    simulated  CPS posteriors from text (sparse layout); no audio is read and no encoder runs
+    posterior  real encoder posteriors, PSD-compressed when enabled, projected from the V-dim simplex
+    lego       LegoSLM: posteriors x the LLM embedding matrix (the projector is `lego`)
+    features   continuous encoder hidden states through the projector (SLAM style)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from tasu.align.psd import psd_compress
+from tasu.types import Posteriors, SpeechBatch
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class LLMInputs:
+    """Spliced LLM inputs. embeds [B, L, H]; attention_mask [B, L]; labels [B, L] (IGNORE_INDEX off-answer)."""
+
+    embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    speech_frames: torch.Tensor  # [B] projected speech frames per sample
+
+
+class SpeechLLM(nn.Module):
+    """CTC encoder -> projector -> causal LLM (see module docstring)."""
+
+    def __init__(self, encoder, projector, llm, llm_tokenizer, ctc_tokenizer, psd_threshold: float | None = 0.9,
+                 feature_layers: tuple[int, ...] = (-1,)):
+        super().__init__()
+        self.encoder = encoder            # CTCEncoder | None
+        self.projector = projector
+        self.llm = llm
+        self.llm_tokenizer = llm_tokenizer
+        self.ctc_tokenizer = ctc_tokenizer
+        self.psd_threshold = psd_threshold  # None: PSD off
+        self.feature_layers = tuple(feature_layers)
+        # ZeRO-3: every rank must run the same submodules each step (a rank skipping the encoder on a text batch
+        # while a peer runs it on audio would leave parameter all-gathers unmatched -> hang). The recipe sets this.
+        self.uniform_graph = False
+
+    # ---- speech side -------------------------------------------------------------------------------------------
+    def encode(self, batch: SpeechBatch, mode: str) -> Posteriors:
+        """Posteriors (and features) for the batch, PSD applied for real speech."""
+        if mode == "simulated":
+            if batch.posteriors is None:
+                raise ValueError("simulated mode needs batch.posteriors (CPS output); got a batch without them")
+            return batch.posteriors
+        if self.encoder is None:
+            raise ValueError(f"{mode} mode needs an encoder; model.encoder.type is 'none'")
+        if batch.feats is None:
+            raise ValueError(f"{mode} mode needs acoustic features; got a text-only batch (keys {batch.keys[:3]})")
+        layers = self.feature_layers if mode == "features" else ()
+        post = self.encoder.posteriors(batch.feats, batch.feat_lengths, hidden_layers=layers)
+        if self.psd_threshold is not None:
+            post = psd_compress(post, self.psd_threshold)
+        return post
+
+    def speech_embeddings(self, batch: SpeechBatch, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, T', H] projected speech and [B] lengths."""
+        if batch.feats is not None and self.encoder is not None:
+            batch = replace(batch, feats=batch.feats.to(self._dtype_of(self.encoder)))
+        post = self.encode(batch, mode).to(dtype=self._dtype_of(self.projector))
+        emb, lengths = self.projector(post)
+        return emb.to(self.llm_dtype), lengths
+
+    @staticmethod
+    def _dtype_of(module: nn.Module) -> torch.dtype:
+        p = next(module.parameters(), None)
+        return p.dtype if p is not None else torch.float32
+
+    def _encoder_touch(self, device) -> torch.Tensor:
+        """0 x (encoder output) on a minimal dummy input: keeps ZeRO-3 collectives identical across ranks."""
+        n_mels = getattr(self.encoder, "n_mels", 80)
+        feats = torch.zeros(1, 16, n_mels, device=device, dtype=self._dtype_of(self.encoder))
+        out = self.encoder(feats, torch.tensor([16], device=device))
+        return out.logits.float().sum() * 0.0
+
+    @property
+    def llm_dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    @property
+    def embed_tokens(self) -> nn.Embedding:
+        return self.llm.get_input_embeddings()
+
+    # ---- splicing --------------------------------------------------------------------------------------------
+    def splice(self, batch: SpeechBatch, speech: torch.Tensor, speech_lengths: torch.Tensor,
+               left_pad: bool = False) -> LLMInputs:
+        """Concatenate prefix | speech | suffix | answer per sample, pad right (training) or left (generation)."""
+        dev = speech.device
+        emb = self.embed_tokens
+        pieces, label_rows = [], []
+        for i in range(len(batch)):
+            n = int(speech_lengths[i])
+            ids_pre = torch.tensor(batch.prompt_prefix[i], dtype=torch.long, device=dev)
+            ids_suf = torch.tensor(batch.prompt_suffix[i] + batch.answer[i], dtype=torch.long, device=dev)
+            seq = torch.cat([emb(ids_pre), speech[i, :n], emb(ids_suf)], dim=0)        # [L_i, H]
+            lab = torch.full((seq.shape[0],), IGNORE_INDEX, dtype=torch.long, device=dev)
+            if batch.answer[i]:
+                lab[-len(batch.answer[i]):] = torch.tensor(batch.answer[i], dtype=torch.long, device=dev)
+            pieces.append(seq)
+            label_rows.append(lab)
+        width = max(p.shape[0] for p in pieces)
+        hidden = speech.shape[-1]
+        embeds = speech.new_zeros(len(pieces), width, hidden)
+        mask = torch.zeros(len(pieces), width, dtype=torch.long, device=dev)
+        labels = torch.full((len(pieces), width), IGNORE_INDEX, dtype=torch.long, device=dev)
+        for i, (seq, lab) in enumerate(zip(pieces, label_rows)):
+            sl = slice(width - seq.shape[0], width) if left_pad else slice(0, seq.shape[0])
+            embeds[i, sl] = seq
+            mask[i, sl] = 1
+            labels[i, sl] = lab
+        return LLMInputs(embeds, mask, labels, speech_lengths)
+
+    @classmethod
+    def from_pretrained(cls, out_dir) -> SpeechLLM:
+        """Load a folder written by `tasu export` (safetensors only)."""
+        from tasu.train.export import from_pretrained
+
+        return from_pretrained(out_dir)
+
+    # ---- training / inference --------------------------------------------------------------------------------
+    def forward(self, batch: SpeechBatch, mode: str) -> tuple[torch.Tensor, int]:
+        """Mean cross-entropy over answer tokens, and the number of answer tokens."""
+        speech, lengths = self.speech_embeddings(batch, mode)
+        x = self.splice(batch, speech, lengths)
+        out = self.llm(inputs_embeds=x.embeds, attention_mask=x.attention_mask, use_cache=False)
+        logits = out.logits[:, :-1].float()                      # [B, L-1, Vllm]
+        target = x.labels[:, 1:]
+        n_tokens = int((target != IGNORE_INDEX).sum())
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                           ignore_index=IGNORE_INDEX)
+        if self.uniform_graph and mode == "simulated" and self.encoder is not None:
+            loss = loss + self._encoder_touch(logits.device)
+        return loss, n_tokens
+
+    @torch.no_grad()
+    def generate(self, batch: SpeechBatch, mode: str, max_new_tokens: int = 64, num_beams: int = 1) -> list[str]:
+        """Batched decoding through the LLM's `generate` with inputs_embeds (left padding)."""
+        speech, lengths = self.speech_embeddings(batch, mode)
+        x = self.splice(batch, speech, lengths, left_pad=True)
+        # position ids from the mask so a left-padded row sees the same positions as when decoded alone
+        position_ids = (x.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        tok = self.llm_tokenizer
+        out = self.llm.generate(inputs_embeds=x.embeds, attention_mask=x.attention_mask, position_ids=position_ids,
+                                max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        return [tok.decode(row, skip_special_tokens=True).strip() for row in out]

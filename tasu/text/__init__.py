@@ -1,0 +1,1 @@
+"""Text side: CTC tokenizers, prompts."""

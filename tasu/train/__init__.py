@@ -1,0 +1,1 @@
+"""Training: the DeepSpeed engine wrapper, the one training recipe, checkpoints, logging."""

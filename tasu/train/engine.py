@@ -1,0 +1,224 @@
+"""The DeepSpeed engine wrapper: the only tasu module that imports deepspeed.
+
+Exposes distributed init, engine construction (ZeRO 0-3, offload, precision, accumulation, clipping, schedules),
+backward / step, checkpoint save / load and full-weight gathering. The training loop stays plain.
+
+DeepSpeed JSON files in ds_configs/ hold ZeRO, offload and precision only; batch sizes, accumulation and
+clipping are injected from tasu's config, and the merged config is written to the run dir.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from tasu import backend
+
+log = logging.getLogger("tasu.train")
+
+#: Keys a ds_configs/ JSON may hold (everything else comes from tasu's config).
+ALLOWED_DS_KEYS = {"zero_optimization", "bf16", "fp16", "zero_force_ds_cpu_optimizer",
+                   "zero_allow_untested_optimizer", "communication_data_type", "activation_checkpointing",
+                   "flops_profiler", "wall_clock_breakdown", "steps_per_print"}
+
+
+def _deepspeed():
+    os.environ.setdefault("DS_ACCELERATOR", backend.current_device_type())
+    import deepspeed
+
+    return deepspeed
+
+
+def init_distributed(timeout_minutes: int = 10) -> tuple[int, int, int]:
+    """Initialise torch.distributed through DeepSpeed; returns (rank, local_rank, world_size).
+
+    Works under the deepspeed launcher, torchrun, or a plain single process (env defaults filled in).
+    On CPU the shm communication op is disabled so nothing is JIT-compiled (NOTES.md §2).
+    """
+    for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(k, v)
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(_free_port())
+    ds = _deepspeed()
+    if backend.current_device_type() == "cpu":
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # private flag: deepspeed is pinned
+    local_rank = int(os.environ["LOCAL_RANK"])
+    backend.set_device(local_rank)
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        ds.init_distributed(dist_backend=backend.info().comm_backend, auto_mpi_discovery=False, verbose=False,
+                            timeout=datetime.timedelta(minutes=timeout_minutes))
+    return dist.get_rank(), local_rank, dist.get_world_size()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(x: float) -> float:
+    import torch.distributed as dist
+
+    t = torch.tensor([x], dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.to(backend.device(int(os.environ.get("LOCAL_RANK", 0)))) if backend.current_device_type() != "cpu" else t
+        dist.all_reduce(t)
+    return float(t.cpu())
+
+
+def build_ds_config(train_cfg, micro_batch: int, world_size: int) -> dict:
+    """Merge the ds_configs JSON (ZeRO/offload/precision only) with tasu-owned settings."""
+    from tasu.config.fields import ConfigError
+
+    ds: dict = {}
+    if train_cfg.ds_config:
+        path = Path(train_cfg.ds_config)
+        try:
+            ds = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"config key 'train.ds_config': cannot read {path}: {e}") from None
+        extra = set(ds) - ALLOWED_DS_KEYS
+        if extra:
+            raise ConfigError(f"config key 'train.ds_config': {path} sets {sorted(extra)}; DeepSpeed JSONs hold "
+                              "ZeRO/offload/precision only (batch sizes, accumulation, clipping come from train.*)")
+    zero = dict(ds.get("zero_optimization", {}))
+    zero["stage"] = train_cfg.zero_stage  # train.zero_stage always wins (override key)
+    if train_cfg.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+    if train_cfg.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+    if zero["stage"] == 3:
+        zero.setdefault("stage3_gather_16bit_weights_on_model_save", True)
+    if "offload_optimizer" in zero or "offload_param" in zero:
+        ds["zero_force_ds_cpu_optimizer"] = False  # keep the client torch AdamW: no cpu_adam JIT build
+    ds["zero_optimization"] = zero
+    backend.check_precision(train_cfg.precision)
+    ds["bf16"] = {"enabled": train_cfg.precision == "bf16"}
+    ds["fp16"] = {"enabled": train_cfg.precision == "fp16"}
+    ds["train_micro_batch_size_per_gpu"] = micro_batch
+    ds["gradient_accumulation_steps"] = train_cfg.grad_accum
+    ds["train_batch_size"] = micro_batch * train_cfg.grad_accum * world_size
+    if train_cfg.global_batch is not None and train_cfg.global_batch != ds["train_batch_size"]:
+        raise ConfigError(
+            f"config key 'train.global_batch': {train_cfg.global_batch} != data.batch_size ({micro_batch}) x "
+            f"train.grad_accum ({train_cfg.grad_accum}) x world size ({world_size}) = {ds['train_batch_size']}")
+    ds["gradient_clipping"] = train_cfg.grad_clip
+    ds["zero_allow_untested_optimizer"] = True
+    ds.setdefault("steps_per_print", 10**9)  # tasu logs; keep DeepSpeed quiet
+    return ds
+
+
+def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float):
+    """LR multiplier per optimizer step: linear warmup, then cosine / linear decay to min_ratio, or constant."""
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if schedule == "warmup_linear":
+            return 1.0 - (1.0 - min_ratio) * progress
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return f
+
+
+class Engine:
+    """A DeepSpeed engine over a SpeechLLM for one stage: forward / backward / step / save / load."""
+
+    def __init__(self, model: torch.nn.Module, train_cfg, ds_config: dict, lr: float, warmup: int, total_steps: int):
+        ds = _deepspeed()
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=lr, betas=tuple(train_cfg.adam_betas), eps=train_cfg.adam_eps,
+                                weight_decay=train_cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lr_lambda(train_cfg.schedule, warmup, total_steps, train_cfg.min_lr_ratio))
+        self.ds_config = ds_config
+        self.engine, self.optimizer, _, self.scheduler = ds.initialize(
+            model=model, optimizer=opt, lr_scheduler=sched, model_parameters=params, config=ds_config)
+        self.zero_stage = ds_config["zero_optimization"]["stage"]
+
+    @property
+    def module(self):
+        return self.engine.module
+
+    @property
+    def device(self):
+        return self.engine.device
+
+    def forward(self, *args, **kwargs):
+        return self.engine(*args, **kwargs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> None:
+        self.engine.step()
+
+    def is_boundary(self) -> bool:
+        return self.engine.is_gradient_accumulation_boundary()
+
+    def lr(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
+
+    def grad_norm(self) -> float | None:
+        g = self.engine.get_global_grad_norm()
+        if g is None:
+            return None
+        return float(g.item() if torch.is_tensor(g) else g)
+
+    def save(self, ckpt_root: str | Path, tag: str) -> None:
+        """DeepSpeed checkpoint (trainable weights, optimizer, scheduler) under ckpt_root/tag (collective)."""
+        self.engine.save_checkpoint(str(ckpt_root), tag=tag, save_latest=False, exclude_frozen_parameters=True)
+
+    def load(self, ckpt_root: str | Path, tag: str) -> None:
+        path, _ = self.engine.load_checkpoint(str(ckpt_root), tag=tag, load_module_strict=False)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load checkpoint {ckpt_root}/{tag}")
+
+    def gathered_state_dict(self, names: set[str]) -> dict[str, torch.Tensor]:
+        """Full (unpartitioned) CPU copies of the named parameters, on every rank (collective under ZeRO-3)."""
+        ds = _deepspeed()
+        named = [(n, p) for n, p in self.module.named_parameters() if n in names]
+        out = {}
+        if self.zero_stage == 3:
+            with ds.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
+                for n, p in named:
+                    out[n] = p.detach().float().cpu().clone()
+        else:
+            for n, p in named:
+                out[n] = p.detach().float().cpu().clone()
+        return out
+
+    def destroy(self) -> None:
+        if hasattr(self.engine, "destroy"):
+            self.engine.destroy()
+
+
+def zero3_init_context(zero_stage: int, ds_config: dict):
+    """Context for building a model whose parameters ZeRO-3 partitions at creation (a no-op otherwise)."""
+    import contextlib
+
+    if zero_stage != 3:
+        return contextlib.nullcontext()
+    import torch._dynamo  # noqa: F401  (NOTES.md §2: needed before zero.Init, else a signature TypeError)
+
+    return _deepspeed().zero.Init(config_dict_or_path=ds_config)

@@ -1,0 +1,202 @@
+"""The one training recipe: setup -> (per stage: build -> step loop -> save) -> export.
+
+    tasu train CONFIG [key=value ...]
+    deepspeed --num_gpus N --module tasu train CONFIG [key=value ...]
+
+Stages run in order; each starts from the weights the previous stages trained (a `carry` file), with its own
+input mode, data, freeze policy, LR and steps. The loop is step-based over an infinite stream that gives every
+rank the same number of steps. Checkpoints hold everything needed to continue bit-for-bit on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from tasu import backend
+from tasu.config.loader import dump_yaml
+from tasu.data.loader import TrainStream
+from tasu.model.build import build_speech_llm
+from tasu.model.freeze import apply_freeze, log_summary
+from tasu.text.prompts import PromptBuilder, load_prompts
+from tasu.train import checkpoint as ckpt
+from tasu.train.engine import Engine, all_reduce_sum, barrier, build_ds_config, init_distributed
+from tasu.train.metrics_log import MetricsLogger
+
+log = logging.getLogger("tasu.train")
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_stage_model(cfg, stage_index: int, out: Path):
+    """Fresh model + the weights trained by all earlier stages."""
+    model = build_speech_llm(cfg)
+    if stage_index > 0:
+        prev = ckpt.carry_path(out, cfg.stages[stage_index - 1].name)
+        carried = ckpt.load_carry(prev)
+        missing = set(carried) - {n for n, _ in model.named_parameters()}
+        if missing:
+            raise RuntimeError(f"{prev}: weights {sorted(missing)[:5]} do not exist in the model")
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, t in carried.items():
+                params[n].copy_(t.to(params[n].dtype))
+    return model
+
+
+def _save(engine: Engine, stream: TrainStream, out: Path, rank: int, stage_index: int, step: int, keep: int) -> None:
+    root = out / "checkpoints"
+    tag = ckpt.tag_for(stage_index, step)
+    if rank == 0:
+        ckpt.clear_incomplete(root)
+    barrier()
+    engine.save(root, ckpt.tmp_tag(tag))
+    ckpt.write_rank_state(root / ckpt.tmp_tag(tag), rank,
+                          {"stage_index": stage_index, "step": step, "data": stream.state_dict()}, backend.rng_state())
+    barrier()
+    if rank == 0:
+        ckpt.publish(root, tag, keep)
+    barrier()
+
+
+def train(cfg) -> Path:
+    """Run every stage of `cfg`; returns the output dir."""
+    rank, local_rank, world = init_distributed(cfg.train.timeout_minutes)
+    out = Path(cfg.output_dir)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, out / "config.yaml")
+    barrier()
+    t_cfg = cfg.train
+    resume = ckpt.find_resume(t_cfg.resume, out / "checkpoints")
+    if resume is not None and rank == 0:
+        log.info("resuming from %s (stage %d, step %d)", resume.path, resume.stage_index, resume.step)
+    total = sum(cfg.stage_steps(s) for s in cfg.stages)
+    metrics = MetricsLogger(out, rank, total, t_cfg.tensorboard, t_cfg.progress_bar and rank == 0, t_cfg.log_every,
+                            resume_from=None if resume is None else (resume.stage_index, resume.step))
+    global_step = 0
+    nan_skips = 0
+    for si, stage in enumerate(cfg.stages):
+        steps = cfg.stage_steps(stage)
+        if resume is not None and si < resume.stage_index:
+            global_step += steps
+            metrics.advance_bar(steps)
+            continue
+        seed_everything(t_cfg.seed + 1000 * si)
+        model = build_stage_model(cfg, si, out)
+        summary = apply_freeze(model, stage.trainable, stage.trainable_regex, stage.frozen_regex)
+        if rank == 0:
+            log_summary(summary, stage.name)
+        ds_config = build_ds_config(t_cfg, cfg.data.batch_size, world)
+        if rank == 0:
+            import json
+
+            (out / f"ds_config.{stage.name}.json").write_text(json.dumps(ds_config, indent=2), encoding="utf-8")
+        lr = stage.lr if stage.lr is not None else t_cfg.lr
+        warmup = stage.warmup_steps if stage.warmup_steps is not None else t_cfg.warmup_steps
+        engine = Engine(model, t_cfg, ds_config, lr, warmup, steps)
+        speech = engine.module
+        speech.uniform_graph = engine.zero_stage == 3
+        prompt_builder = PromptBuilder(speech.llm_tokenizer, load_prompts(cfg.prompts.file), cfg.prompts.system)
+        stream = TrainStream(cfg.data, stage.train_data or cfg.data.train, stage.mode, speech.ctc_tokenizer,
+                             prompt_builder, cfg.simulation, rank=rank, world_size=world,
+                             seed=t_cfg.seed + 1000 * si)
+        step = 0
+        if resume is not None and si == resume.stage_index:
+            engine.load(resume.root, resume.tag)
+            state, rng = ckpt.read_rank_state(resume.path, rank)
+            stream.load_state_dict(state["data"])
+            backend.set_rng_state(rng)
+            step = resume.step
+            global_step += step
+            metrics.advance_bar(step)
+        trained = {n for n, p in speech.named_parameters() if p.requires_grad}
+        batches = iter(stream)
+        while step < steps:
+            t0 = time.perf_counter()
+            loss_sum, n_tok, n_samples, audio_s, frames, padded = 0.0, 0, 0, 0.0, 0, 0
+            skipped = False
+            for _ in range(t_cfg.grad_accum):
+                batch = next(batches).to(engine.device)
+                mode = "simulated" if batch.is_text_only else stage.mode
+                loss, ntok = engine.forward(batch, mode)
+                bad = all_reduce_sum(0.0 if math.isfinite(float(loss)) else 1.0)
+                if bad:
+                    if t_cfg.nan_policy == "fail":
+                        raise NonFiniteLoss(f"stage {stage.name} step {step + 1}: loss is {float(loss)} on "
+                                            f"{int(bad)} rank(s) (keys {batch.keys[:4]}); set train.nan_policy=skip "
+                                            "to skip such steps")
+                    nan_skips += 1
+                    skipped = True
+                    if nan_skips > t_cfg.max_nan_skips:
+                        raise NonFiniteLoss(f"more than train.max_nan_skips={t_cfg.max_nan_skips} non-finite steps")
+                    loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0  # keep collectives in step on every rank
+                engine.backward(loss)
+                engine.step()
+                loss_sum += float(loss)
+                n_tok += ntok
+                n_samples += len(batch)
+                audio_s += batch.audio_seconds
+                frames += batch.num_frames()
+                padded += _padded_frames(batch)
+            step += 1
+            global_step += 1
+            dt = time.perf_counter() - t0
+            rec = {"step": step, "stage": stage.name, "stage_index": si, "global_step": global_step,
+                   "loss": loss_sum / t_cfg.grad_accum, "lr": engine.lr(), "grad_norm": engine.grad_norm(),
+                   "samples_per_s": n_samples * world / dt, "tokens_per_s": n_tok * world / dt,
+                   "audio_seconds_per_s": audio_s * world / dt,
+                   "padding_ratio": 1.0 - frames / padded if padded else 0.0,
+                   "peak_memory_bytes": backend.peak_memory_bytes(), "nan_skipped": skipped}
+            metrics.log(rec, global_step)
+            if (t_cfg.save_every and step % t_cfg.save_every == 0) or step == steps:
+                _save(engine, stream, out, rank, si, step, t_cfg.keep_last)
+        carried = set()
+        if si > 0:
+            carried = set(ckpt.load_carry(ckpt.carry_path(out, cfg.stages[si - 1].name)))
+        full = engine.gathered_state_dict(trained | carried)
+        if rank == 0:
+            ckpt.save_carry(ckpt.carry_path(out, stage.name), full)
+        barrier()
+        engine.destroy()
+        del engine, speech, model
+    metrics.close()
+    if t_cfg.export_at_end and rank == 0:
+        from tasu.train.export import export_run
+
+        export_run(out, out / "export")
+    barrier()
+    return out
+
+
+def _padded_frames(batch) -> int:
+    """Frames including padding (B x T_max) for the padding ratio."""
+    if batch.feat_lengths is not None:
+        return int(batch.feat_lengths.numel() * batch.feat_lengths.max())
+    if batch.posteriors is not None:
+        return int(batch.posteriors.lengths.numel() * batch.posteriors.max_frames)
+    return 0
+
+
+def configure_logging(rank: int) -> None:
+    level = logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format=f"[%(asctime)s r{rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def run_from_cli(cfg) -> int:
+    configure_logging(int(os.environ.get("RANK", "0")))
+    train(cfg)
+    return 0
