@@ -4,6 +4,7 @@
     tasu export RUN_DIR OUT_DIR               HF-style export of a run
     tasu shard MANIFEST... OUT_DIR [...]      write WebDataset shards
     tasu tokenizer train TEXT... --vocab N    train a sentencepiece CTC vocabulary
+    tasu eval report RESULTS... [--out F]     per-task metric table + normalised score across systems
     tasu config CONFIG [key=value ...]        print the effective config (validated)
     tasu presets                              list shipped configs
 
@@ -36,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("presets", help="list the shipped configs")
     sub.add_parser("shard", help="write WebDataset shards (see `tasu shard --help`)", add_help=False)
     sub.add_parser("tokenizer", help="train a CTC tokenizer (see `tasu tokenizer --help`)", add_help=False)
+    sub.add_parser("eval", help="`tasu eval report RESULTS...`: score result files", add_help=False)
     return p
 
 
@@ -47,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         from tasu.data.shard import shard_main
 
         return shard_main(rest[1:])
+    if rest[:2] == ["eval", "report"]:
+        from tasu.eval.report import report_main
+
+        return report_main(rest[2:])
     if rest and rest[0] == "tokenizer":
         from tasu.text.spm_train import tokenizer_main
 

@@ -117,6 +117,7 @@ class SpeechBatch:
         feats          Tensor | None       [B, F, M] acoustic features (audio modes)
         feat_lengths   Tensor | None       [B] valid feature frames
         audio_seconds  float               total seconds of audio in the batch (0 for text)
+        ctc_targets    list[list[int]] | None  CTC unit ids of the transcripts (audio batches; joint CTC loss)
     """
 
     keys: list[str]
@@ -129,6 +130,7 @@ class SpeechBatch:
     feats: torch.Tensor | None = None
     feat_lengths: torch.Tensor | None = None
     audio_seconds: float = 0.0
+    ctc_targets: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.keys)

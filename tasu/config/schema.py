@@ -11,6 +11,7 @@ from tasu.config.loader import resolve_path
 from tasu.data.config import DataConfig, SourceConfig
 from tasu.kernels.config import KernelsConfig
 from tasu.model.config import ModelConfig
+from tasu.taste.config import TasteConfig
 
 MODES = ("simulated", "posterior", "lego", "features")
 GROUPS = ("encoder", "ctc_head", "projector", "llm", "lora")
@@ -124,6 +125,7 @@ class Config:
     stages: list[StageConfig] = doc_field(None, "curriculum stages, run in order", factory=lambda: [StageConfig()])
     eval: EvalConfig = doc_field(None, "decoding and scoring", factory=EvalConfig)
     kernels: KernelsConfig = doc_field(None, "fused kernel selection", factory=KernelsConfig)
+    taste: TasteConfig = doc_field(None, "TASTE tokenizer / TASLM settings (taste-* configs)", factory=TasteConfig)
 
     def __post_init__(self) -> None:
         check(len(self.stages) > 0, "stages", "at least one stage is needed")

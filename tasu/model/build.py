@@ -52,4 +52,4 @@ def build_speech_llm(cfg, seed: int | None = None) -> SpeechLLM:
     llm = apply_lora(llm, m.lora)
     return SpeechLLM(encoder, projector, llm, llm_tok, ctc_tok,
                      psd_threshold=cfg.psd.blank_threshold if cfg.psd.enabled else None,
-                     feature_layers=tuple(m.encoder.feature_layers))
+                     feature_layers=tuple(m.encoder.feature_layers), ctc_weight=m.encoder.ctc_weight)

@@ -31,6 +31,7 @@ class EncoderConfig:
     subsample: int = doc_field(2, "tiny encoder: frame subsampling factor of the conv front end")
     feature_layers: list[int] = doc_field(None, "hidden layers returned for `features` mode (-1 = last)",
                                           factory=lambda: [-1])
+    ctc_weight: float = doc_field(0.0, "weight of a joint CTC loss on the encoder in audio modes (0 = off)")
     posterior_cache: str | None = doc_field(None, "folder of cached posteriors (skips running the encoder)")
 
     def __post_init__(self) -> None:
@@ -38,6 +39,7 @@ class EncoderConfig:
         check(self.head in HEAD_TYPES, "model.encoder.head", f"unknown head '{self.head}' {HEAD_TYPES}")
         check(self.weights_format in ("auto", "hf", "openai", "ct2"), "model.encoder.weights_format",
               f"unknown format '{self.weights_format}'")
+        check(self.ctc_weight >= 0.0, "model.encoder.ctc_weight", f"must be >= 0, got {self.ctc_weight}")
         check(self.n_mels in (80, 128), "model.encoder.n_mels", f"must be 80 or 128, got {self.n_mels}")
         check(self.d_model > 0 and self.d_model % self.n_heads == 0, "model.encoder.d_model",
               "must be positive and divisible by n_heads")
@@ -75,7 +77,7 @@ class LLMConfig:
     num_layers: int = doc_field(2, "tiny: decoder layers")
     num_heads: int = doc_field(4, "tiny: attention heads")
     intermediate_size: int = doc_field(128, "tiny: MLP width")
-    vocab_size: int = doc_field(160, "tiny: BPE vocabulary size (specials included)")
+    vocab_size: int = doc_field(64, "tiny: BPE vocabulary size (specials included)")
     tokenizer_text: str | None = doc_field(None, "tiny: text file the BPE tokenizer is trained on")
     pretrain_steps: int = doc_field(0, "tiny: steps of LM pretraining on tokenizer_text before use (tests)")
     dtype: str = doc_field("float32", "weight dtype of the loaded LLM: float32 | bfloat16 | float16")

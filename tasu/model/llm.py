@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import shutil
 import tempfile
 from pathlib import Path
@@ -72,22 +73,38 @@ def build_tiny_llm(cfg: LLMConfig, tokenizer, seed: int):
 
 
 def pretrain_lm(llm, tokenizer, lines: list[str], steps: int, seed: int, batch_size: int = 16, lr: float = 3e-3):
-    """A few hundred steps of next-token training on chat-formatted sentences (tests' 'pretrained' LLM)."""
-    gen = torch.Generator().manual_seed(seed)
+    """Pre-train the tiny LLM on a copy task: "Transcribe the speech: <words as text>" -> the words, where the
+    words are random sequences over the vocabulary of `lines` (so nothing can be memorised: the answer must be
+    read from the prompt). A real instruction LLM can read and repeat what its prompt holds; this gives the tiny
+    stand-in that ability, so frozen-LLM alignment tests mean something. Returns the final loss."""
+    from tasu.text.prompts import SPEECH_PLACEHOLDER, load_prompts
+
+    asr = load_prompts()["ASR"]
+    rng = random.Random(seed)
+    words = sorted({w for line in lines for w in line.lower().split()})
     opt = torch.optim.AdamW(llm.parameters(), lr=lr)
-    seqs = [tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                          add_generation_prompt=True) + ln + "<|im_end|>" for ln in lines]
-    enc = [tokenizer.encode(s, add_special_tokens=False) for s in seqs]
+
+    def encode(user: str, answer: str) -> tuple[list[int], list[int]]:
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                               add_generation_prompt=True)
+        return (tokenizer.encode(prompt, add_special_tokens=False),
+                tokenizer.encode(answer + tokenizer.eos_token, add_special_tokens=False))
+
     llm.train()
     for _ in range(steps):
-        idx = torch.randint(len(enc), (batch_size,), generator=gen).tolist()
-        width = max(len(enc[i]) for i in idx)
+        rows = []
+        for _ in range(batch_size):
+            text = " ".join(rng.choice(words) for _ in range(rng.randint(3, 8)))
+            rows.append(encode(asr.replace(SPEECH_PLACEHOLDER, text), text))
+        width = max(len(p) + len(a) for p, a in rows)
         ids = torch.full((batch_size, width), tokenizer.pad_token_id)
         labels = torch.full((batch_size, width), -100)
-        for r, i in enumerate(idx):
-            ids[r, : len(enc[i])] = torch.tensor(enc[i])
-            labels[r, : len(enc[i])] = torch.tensor(enc[i])
-        loss = llm(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
+        mask = torch.zeros((batch_size, width), dtype=torch.long)
+        for r, (p, a) in enumerate(rows):
+            ids[r, : len(p) + len(a)] = torch.tensor(p + a)
+            labels[r, len(p): len(p) + len(a)] = torch.tensor(a)
+            mask[r, : len(p) + len(a)] = 1
+        loss = llm(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -37,7 +37,7 @@ class SpeechLLM(nn.Module):
     """CTC encoder -> projector -> causal LLM (see module docstring)."""
 
     def __init__(self, encoder, projector, llm, llm_tokenizer, ctc_tokenizer, psd_threshold: float | None = 0.9,
-                 feature_layers: tuple[int, ...] = (-1,)):
+                 feature_layers: tuple[int, ...] = (-1,), ctc_weight: float = 0.0):
         super().__init__()
         self.encoder = encoder            # CTCEncoder | None
         self.projector = projector
@@ -46,6 +46,8 @@ class SpeechLLM(nn.Module):
         self.ctc_tokenizer = ctc_tokenizer
         self.psd_threshold = psd_threshold  # None: PSD off
         self.feature_layers = tuple(feature_layers)
+        self.ctc_weight = ctc_weight      # joint CTC loss on the encoder (audio batches with ctc_targets)
+        self._aux_loss: torch.Tensor | None = None
         # ZeRO-3: every rank must run the same submodules each step (a rank skipping the encoder on a text batch
         # while a peer runs it on audio would leave parameter all-gathers unmatched -> hang). The recipe sets this.
         self.uniform_graph = False
@@ -63,6 +65,8 @@ class SpeechLLM(nn.Module):
             raise ValueError(f"{mode} mode needs acoustic features; got a text-only batch (keys {batch.keys[:3]})")
         layers = self.feature_layers if mode == "features" else ()
         post = self.encoder.posteriors(batch.feats, batch.feat_lengths, hidden_layers=layers)
+        if self.ctc_weight > 0 and self.training and batch.ctc_targets is not None:
+            self._aux_loss = self.ctc_weight * self.ctc_loss(post, batch.ctc_targets)
         if self.psd_threshold is not None:
             post = psd_compress(post, self.psd_threshold)
         return post
@@ -74,6 +78,16 @@ class SpeechLLM(nn.Module):
         post = self.encode(batch, mode).to(dtype=self._dtype_of(self.projector))
         emb, lengths = self.projector(post)
         return emb.to(self.llm_dtype), lengths
+
+    @staticmethod
+    def ctc_loss(post: Posteriors, targets: list[list[int]]) -> torch.Tensor:
+        """Mean CTC loss (per target unit) of encoder log-probs [B, T, V] against unit-id targets."""
+        dev = post.lengths.device
+        flat = torch.tensor([u for t in targets for u in t], dtype=torch.long, device=dev)
+        tlen = torch.tensor([len(t) for t in targets], dtype=torch.long, device=dev)
+        lp = post.log_probs.float().transpose(0, 1)               # [T, B, V]
+        return nn.functional.ctc_loss(lp, flat, post.lengths, tlen, blank=post.blank_id, reduction="mean",
+                                      zero_infinity=True)
 
     @staticmethod
     def _dtype_of(module: nn.Module) -> torch.dtype:
@@ -134,6 +148,7 @@ class SpeechLLM(nn.Module):
     # ---- training / inference --------------------------------------------------------------------------------
     def forward(self, batch: SpeechBatch, mode: str) -> tuple[torch.Tensor, int]:
         """Mean cross-entropy over answer tokens, and the number of answer tokens."""
+        self._aux_loss = None
         speech, lengths = self.speech_embeddings(batch, mode)
         x = self.splice(batch, speech, lengths)
         out = self.llm(inputs_embeds=x.embeds, attention_mask=x.attention_mask, use_cache=False)
@@ -142,6 +157,8 @@ class SpeechLLM(nn.Module):
         n_tokens = int((target != IGNORE_INDEX).sum())
         loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
                                            ignore_index=IGNORE_INDEX)
+        if self._aux_loss is not None:
+            loss = loss + self._aux_loss
         if self.uniform_graph and mode == "simulated" and self.encoder is not None:
             loss = loss + self._encoder_touch(logits.device)
         return loss, n_tokens
