@@ -135,7 +135,8 @@ def _load_tiny(cfg: LLMConfig, seed: int):
     llm = build_tiny_llm(cfg, tok, seed)
     if cfg.pretrain_steps:
         loss = pretrain_lm(llm, tok, read_lines(text), cfg.pretrain_steps, seed)
-        log.info("tiny LLM pre-trained for %d steps (final LM loss %.3f); cached in %s", cfg.pretrain_steps, loss, cache)
+        log.info("tiny LLM pre-trained for %d steps (final LM loss %.3f); cached in %s", cfg.pretrain_steps, loss,
+                 cache)
         # atomic publish: several ranks may build it at once
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=cache.parent))

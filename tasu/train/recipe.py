@@ -133,7 +133,7 @@ def train(cfg) -> Path:
                 batch = next(batches).to(engine.device)
                 mode = "simulated" if batch.is_text_only else stage.mode
                 loss, ntok = engine.forward(batch, mode)
-                bad = all_reduce_sum(0.0 if math.isfinite(float(loss)) else 1.0)
+                bad = all_reduce_sum(0.0 if math.isfinite(float(loss.detach())) else 1.0)
                 if bad:
                     if t_cfg.nan_policy == "fail":
                         raise NonFiniteLoss(f"stage {stage.name} step {step + 1}: loss is {float(loss)} on "
@@ -146,7 +146,7 @@ def train(cfg) -> Path:
                     loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0  # keep collectives in step on every rank
                 engine.backward(loss)
                 engine.step()
-                loss_sum += float(loss)
+                loss_sum += float(loss.detach())
                 n_tok += ntok
                 n_samples += len(batch)
                 audio_s += batch.audio_seconds
@@ -154,9 +154,10 @@ def train(cfg) -> Path:
                 padded += _padded_frames(batch)
             step += 1
             global_step += 1
+            loss_mean = all_reduce_sum(loss_sum) / (world * t_cfg.grad_accum)   # logged: mean over ranks
             dt = time.perf_counter() - t0
             rec = {"step": step, "stage": stage.name, "stage_index": si, "global_step": global_step,
-                   "loss": loss_sum / t_cfg.grad_accum, "lr": engine.lr(), "grad_norm": engine.grad_norm(),
+                   "loss": loss_mean, "lr": engine.lr(), "grad_norm": engine.grad_norm(),
                    "samples_per_s": n_samples * world / dt, "tokens_per_s": n_tok * world / dt,
                    "audio_seconds_per_s": audio_s * world / dt,
                    "padding_ratio": 1.0 - frames / padded if padded else 0.0,
