@@ -9,6 +9,7 @@ from tasu.config.fields import check, doc_field
 SOURCE_KINDS = ("auto", "text", "audio")
 FEATURE_KINDS = ("whisper_mel", "fbank")
 ON_ERROR = ("skip", "fail")
+WORKER_START = ("fork", "spawn", "forkserver")
 
 
 @dataclass
@@ -56,6 +57,8 @@ class DataConfig:
     shuffle_shards: bool = doc_field(True, "epoch-seeded shard (or line) order")
     num_workers: int = doc_field(0, "DataLoader worker processes per rank (0 = in the training process)")
     prefetch_factor: int = doc_field(2, "batches prefetched per worker")
+    worker_start: str = doc_field("fork", "how DataLoader workers start: fork (fast; the default on Linux) | spawn | "
+                                          "forkserver (when forking the training process is unsafe)")
     features: str = doc_field("whisper_mel", "whisper_mel (Whisper log-mel, true length) | fbank (Kaldi)")
     n_mels: int = doc_field(80, "mel bins (80; 128 for Whisper large-v3)")
     spec_augment: bool = doc_field(False, "SpecAugment on training features (seeded per sample key and epoch)")
@@ -93,6 +96,7 @@ class DataConfig:
         check(self.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")
         check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         check(self.prefetch_factor >= 1, "data.prefetch_factor", "must be >= 1")
+        check(self.worker_start in WORKER_START, "data.worker_start", f"must be one of {WORKER_START}")
         check(self.features in FEATURE_KINDS, "data.features", f"unknown features '{self.features}' {FEATURE_KINDS}")
         check(self.n_mels in (80, 128), "data.n_mels", f"must be 80 or 128, got {self.n_mels}")
         check(self.sample_rate == 16000, "data.sample_rate",

@@ -48,8 +48,9 @@ class SpeechLLM(nn.Module):
         self.feature_layers = tuple(feature_layers)
         self.ctc_weight = ctc_weight      # joint CTC loss on the encoder (audio batches with ctc_targets)
         self._aux_loss: torch.Tensor | None = None
-        # ZeRO-3: every rank must run the same submodules each step (a rank skipping the encoder on a text batch
-        # while a peer runs it on audio would leave parameter all-gathers unmatched -> hang). The recipe sets this.
+        # ZeRO-3 with mixed batch kinds: every rank must run the same graph each step (a rank skipping the encoder
+        # on a text batch while a peer runs it on audio would leave all-gathers / reduce-scatters unmatched ->
+        # hang or silent corruption). The recipe sets this for ZeRO-3 stages in an audio mode.
         self.uniform_graph = False
 
     # ---- speech side -------------------------------------------------------------------------------------------
@@ -75,7 +76,16 @@ class SpeechLLM(nn.Module):
         """[B, T', H] projected speech and [B] lengths."""
         if batch.feats is not None and self.encoder is not None:
             batch = replace(batch, feats=batch.feats.to(self._dtype_of(self.encoder)))
+        touch = None
+        if self.uniform_graph and mode == "simulated" and self.encoder is not None:
+            touch = self._encoder_touch(batch.posteriors.lengths.device)   # encoder first, as for audio
         post = self.encode(batch, mode).to(dtype=self._dtype_of(self.projector))
+        if touch is not None:
+            # Same autograd graph as an audio batch: dense projector input (the exact sparse path reads weights in
+            # another order, so ZeRO-3 would bucket gradients differently), with the 0-valued encoder output
+            # routed through it so backward visits projector, then encoder, as for audio.
+            post = post.to_dense()
+            post = replace(post, probs=post.probs + touch.to(post.probs.dtype))
         emb, lengths = self.projector(post)
         return emb.to(self.llm_dtype), lengths
 
@@ -103,7 +113,8 @@ class SpeechLLM(nn.Module):
 
     @property
     def llm_dtype(self) -> torch.dtype:
-        return self.embed_tokens.weight.dtype
+        # parameters() does not trigger ZeRO-3's gather-on-access (`module.weight` would)
+        return self._dtype_of(self.llm)
 
     @property
     def embed_tokens(self) -> nn.Embedding:
@@ -138,6 +149,15 @@ class SpeechLLM(nn.Module):
             labels[i, sl] = lab
         return LLMInputs(embeds, mask, labels, speech_lengths)
 
+    def external_parameters(self) -> list[tuple[nn.Module, nn.Parameter]]:
+        """(module, parameter) pairs where `module.forward` reads a parameter it does not own: the projector's
+        fast paths (exact simulated layer, per-frame maps) read its children's weights directly, and lego /
+        cross-attention read the LLM embedding table. ZeRO-3 must gather these when `module` runs."""
+        pairs = [(self.projector, p) for p in self.projector.parameters()]
+        if getattr(self.projector, "embedding", None) is not None:
+            pairs.append((self.projector, self.embed_tokens.weight))
+        return pairs
+
     @classmethod
     def from_pretrained(cls, out_dir) -> SpeechLLM:
         """Load a folder written by `tasu export` (safetensors only)."""
@@ -159,8 +179,6 @@ class SpeechLLM(nn.Module):
                                            ignore_index=IGNORE_INDEX)
         if self._aux_loss is not None:
             loss = loss + self._aux_loss
-        if self.uniform_graph and mode == "simulated" and self.encoder is not None:
-            loss = loss + self._encoder_touch(logits.device)
         return loss, n_tokens
 
     @torch.no_grad()

@@ -125,3 +125,14 @@ def load_carry(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def apply_weights(model, tensors: dict[str, torch.Tensor], source) -> None:
+    """Copy named full tensors into `model`'s parameters; unknown names are an error naming `source`."""
+    params = dict(model.named_parameters())
+    unknown = sorted(set(tensors) - set(params))
+    if unknown:
+        raise ValueError(f"{source}: weights {unknown[:5]} do not exist in the model built from the config")
+    with torch.no_grad():
+        for n, t in tensors.items():
+            params[n].copy_(t.to(params[n].dtype))

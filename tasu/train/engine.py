@@ -85,8 +85,11 @@ def all_reduce_sum(x: float) -> float:
     return float(t.cpu())
 
 
-def build_ds_config(train_cfg, micro_batch: int, world_size: int) -> dict:
-    """Merge the ds_configs JSON (ZeRO/offload/precision only) with tasu-owned settings."""
+def build_ds_config(train_cfg, micro_batch: int, world_size: int, mixed_graphs: bool = False) -> dict:
+    """Merge the ds_configs JSON (ZeRO/offload/precision only) with tasu-owned settings.
+
+    mixed_graphs: ranks may run different module sequences in one step (text-only and audio batches mixed).
+    """
     from tasu.config.fields import ConfigError
 
     ds: dict = {}
@@ -108,6 +111,11 @@ def build_ds_config(train_cfg, micro_batch: int, world_size: int) -> dict:
         zero["offload_param"] = {"device": "cpu", "pin_memory": False}
     if zero["stage"] == 3:
         zero.setdefault("stage3_gather_16bit_weights_on_model_save", True)
+        if mixed_graphs:
+            # no trace-based prefetch or reuse: text-only and audio batches run different module sequences on
+            # different ranks, and decisions taken from a recorded trace could issue mismatched all-gathers
+            zero.setdefault("stage3_prefetch_bucket_size", 0)
+            zero.setdefault("stage3_max_reuse_distance", 0)
     if "offload_optimizer" in zero or "offload_param" in zero:
         ds["zero_force_ds_cpu_optimizer"] = False  # keep the client torch AdamW: no cpu_adam JIT build
     ds["zero_optimization"] = zero
@@ -155,6 +163,9 @@ class Engine:
         self.engine, self.optimizer, _, self.scheduler = ds.initialize(
             model=model, optimizer=opt, lr_scheduler=sched, model_parameters=params, config=ds_config)
         self.zero_stage = ds_config["zero_optimization"]["stage"]
+        if self.zero_stage == 3 and hasattr(model, "external_parameters"):
+            for module, param in model.external_parameters():
+                ds.zero.register_external_parameter(module, param)
 
     @property
     def module(self):

@@ -47,8 +47,6 @@ def export_model(model, cfg, out_dir: Path, llm_trained: bool) -> None:
     if save_llm:
         if has_lora:
             # the base weights without adapters: peft keeps them under base_layer
-            from peft.utils import get_peft_model_state_dict  # noqa: F401
-
             base_sd = {k.replace(".base_layer", ""): v for k, v in base.state_dict().items() if "lora_" not in k}
             base.save_pretrained(out_dir / "llm", state_dict=base_sd)
         else:
@@ -73,6 +71,14 @@ def export_model(model, cfg, out_dir: Path, llm_trained: bool) -> None:
     dump_yaml(cfg, out_dir / "tasu_config.yaml")
 
 
+def load_trained_weights(model, run_dir: Path, cfg) -> dict[str, torch.Tensor]:
+    """Copy the run's final trained weights (the last finished stage's carry file) into `model`."""
+    path = _final_carry(Path(run_dir), cfg)
+    carried = ckpt.load_carry(path)
+    ckpt.apply_weights(model, carried, path)
+    return carried
+
+
 def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     """`tasu export RUN_DIR OUT_DIR`: rebuild the model from the run's config and its final weights, then export."""
     from tasu.model.build import build_speech_llm
@@ -83,11 +89,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
         raise FileNotFoundError(f"{run_dir}: not a tasu run dir (no config.yaml)")
     cfg = load_config(str(cfg_file))
     model = build_speech_llm(cfg)
-    carried = ckpt.load_carry(_final_carry(run_dir, cfg))
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for n, t in carried.items():
-            params[n].copy_(t.to(params[n].dtype))
+    carried = load_trained_weights(model, run_dir, cfg)
     llm_trained = any(n.startswith("llm.") and "lora_" not in n for n in carried)
     export_model(model, cfg, out_dir, llm_trained)
     log.info("exported %s -> %s", run_dir, out_dir)

@@ -46,14 +46,7 @@ def build_stage_model(cfg, stage_index: int, out: Path):
     model = build_speech_llm(cfg)
     if stage_index > 0:
         prev = ckpt.carry_path(out, cfg.stages[stage_index - 1].name)
-        carried = ckpt.load_carry(prev)
-        missing = set(carried) - {n for n, _ in model.named_parameters()}
-        if missing:
-            raise RuntimeError(f"{prev}: weights {sorted(missing)[:5]} do not exist in the model")
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for n, t in carried.items():
-                params[n].copy_(t.to(params[n].dtype))
+        ckpt.apply_weights(model, ckpt.load_carry(prev), prev)
     return model
 
 
@@ -100,7 +93,7 @@ def train(cfg) -> Path:
         summary = apply_freeze(model, stage.trainable, stage.trainable_regex, stage.frozen_regex)
         if rank == 0:
             log_summary(summary, stage.name)
-        ds_config = build_ds_config(t_cfg, cfg.data.batch_size, world)
+        ds_config = build_ds_config(t_cfg, cfg.data.batch_size, world, mixed_graphs=stage.mode != "simulated")
         if rank == 0:
             import json
 
@@ -109,7 +102,7 @@ def train(cfg) -> Path:
         warmup = stage.warmup_steps if stage.warmup_steps is not None else t_cfg.warmup_steps
         engine = Engine(model, t_cfg, ds_config, lr, warmup, steps)
         speech = engine.module
-        speech.uniform_graph = engine.zero_stage == 3
+        speech.uniform_graph = engine.zero_stage == 3 and stage.mode != "simulated"
         prompt_builder = PromptBuilder(speech.llm_tokenizer, load_prompts(cfg.prompts.file), cfg.prompts.system)
         stream = TrainStream(cfg.data, stage.train_data or cfg.data.train, stage.mode, speech.ctc_tokenizer,
                              prompt_builder, cfg.simulation, rank=rank, world_size=world,
