@@ -245,3 +245,22 @@ def eval_batches(data_cfg: DataConfig, sources, mode: str, ctc_tokenizer, prompt
         done = finish_batch(spec, group, faults)
         if done:
             yield collate(done, spec.vocab_size, spec.blank_id)
+
+
+def calibration_texts(sources, on_error: str = "skip", limit: int = 2000) -> list[str]:
+    """Up to `limit` transcripts (meta GT) of the given sources, in a fixed order, for CPS `target_cer`
+    calibration. Text only: no audio is read."""
+    from tasu.data.sources import read_part
+    from tasu.data.tar_io import TarFault
+
+    texts: list[str] = []
+    for src in resolve_sources(sources, "simulated", on_error):
+        for item in read_part(src, 0, 0, 1, 0, False, True):
+            if isinstance(item, TarFault):
+                continue
+            gt = item["meta"].get("GT") or ""
+            if gt.strip():
+                texts.append(gt)
+            if len(texts) >= limit:
+                return texts
+    return texts

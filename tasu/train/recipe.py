@@ -26,6 +26,7 @@ from tasu.model.build import build_speech_llm
 from tasu.model.freeze import apply_freeze, log_summary
 from tasu.text.prompts import PromptBuilder, load_prompts
 from tasu.train import checkpoint as ckpt
+from tasu.train import faults
 from tasu.train.engine import Engine, all_reduce_sum, barrier, build_ds_config, init_distributed
 from tasu.train.metrics_log import MetricsLogger
 
@@ -48,6 +49,22 @@ def build_stage_model(cfg, stage_index: int, out: Path):
         prev = ckpt.carry_path(out, cfg.stages[stage_index - 1].name)
         ckpt.apply_weights(model, ckpt.load_carry(prev), prev)
     return model
+
+
+def simulation_for(cfg, sources, ctc_tokenizer, rank: int):
+    """The CPS config of a stage: with `simulation.target_cer`, drop/substitution rates calibrated on the stage's
+    own transcripts (deterministic, so every rank computes the same rates)."""
+    from tasu.align.cps import resolve_rates
+    from tasu.data.loader import calibration_texts
+
+    sim = cfg.simulation
+    if sim.target_cer is None:
+        return sim
+    ids = [ctc_tokenizer.encode(t) for t in calibration_texts(sources, cfg.data.on_error)]
+    sim = resolve_rates(sim, [i for i in ids if i], ctc_tokenizer.vocab_size)
+    if rank == 0:
+        log.info("simulation.target_cer=%.3f -> drop_rate = substitute_rate = %.4f", sim.target_cer, sim.drop_rate)
+    return sim
 
 
 def _save(engine: Engine, stream: TrainStream, out: Path, rank: int, stage_index: int, step: int, keep: int) -> None:
@@ -104,9 +121,10 @@ def train(cfg) -> Path:
         speech = engine.module
         speech.uniform_graph = engine.zero_stage == 3 and stage.mode != "simulated"
         prompt_builder = PromptBuilder(speech.llm_tokenizer, load_prompts(cfg.prompts.file), cfg.prompts.system)
-        stream = TrainStream(cfg.data, stage.train_data or cfg.data.train, stage.mode, speech.ctc_tokenizer,
-                             prompt_builder, cfg.simulation, rank=rank, world_size=world,
-                             seed=t_cfg.seed + 1000 * si)
+        sources = stage.train_data or cfg.data.train
+        sim_cfg = simulation_for(cfg, sources, speech.ctc_tokenizer, rank)
+        stream = TrainStream(cfg.data, sources, stage.mode, speech.ctc_tokenizer, prompt_builder, sim_cfg,
+                             rank=rank, world_size=world, seed=t_cfg.seed + 1000 * si)
         step = 0
         if resume is not None and si == resume.stage_index:
             engine.load(resume.root, resume.tag)
@@ -126,6 +144,8 @@ def train(cfg) -> Path:
                 batch = next(batches).to(engine.device)
                 mode = "simulated" if batch.is_text_only else stage.mode
                 loss, ntok = engine.forward(batch, mode)
+                if faults.active("nan_loss", step + 1):
+                    loss = loss * float("nan")
                 bad = all_reduce_sum(0.0 if math.isfinite(float(loss.detach())) else 1.0)
                 if bad:
                     if t_cfg.nan_policy == "fail":
@@ -136,7 +156,7 @@ def train(cfg) -> Path:
                     skipped = True
                     if nan_skips > t_cfg.max_nan_skips:
                         raise NonFiniteLoss(f"more than train.max_nan_skips={t_cfg.max_nan_skips} non-finite steps")
-                    loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0  # keep collectives in step on every rank
+                    continue  # every rank agreed (all-reduced flag): no backward, no step, collectives stay in step
                 engine.backward(loss)
                 engine.step()
                 loss_sum += float(loss.detach())
