@@ -10,3 +10,5 @@ lint:
 bench:
 	OMP_NUM_THREADS=1 python3 benchmarks/bench_kernels.py --device cpu
 	OMP_NUM_THREADS=1 python3 benchmarks/bench_loader.py
+	for m in simulated posterior features; do OMP_NUM_THREADS=1 python3 benchmarks/bench_step.py --mode $$m; done
+	python3 benchmarks/bench_scaling.py
