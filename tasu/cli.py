@@ -5,6 +5,9 @@
     tasu shard MANIFEST... OUT_DIR [...]      write WebDataset shards
     tasu tokenizer train TEXT... --vocab N    train a sentencepiece CTC vocabulary
     tasu eval report RESULTS... [--out F]     per-task metric table + normalised score across systems
+    tasu eval run MODEL --data F --out R      decode records with a trained SpeechLLM -> results for eval report
+    tasu ctc eval RUN DATA... [--beam N]      CER / WER of a trained CTC model (greedy / prefix beam search)
+    tasu ctc export-posteriors RUN DATA OUT   CTC posteriors to shards (dense fp16 or --top-k K)
     tasu config CONFIG [key=value ...]        print the effective config (validated)
     tasu presets                              list shipped configs
 
@@ -37,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("presets", help="list the shipped configs")
     sub.add_parser("shard", help="write WebDataset shards (see `tasu shard --help`)", add_help=False)
     sub.add_parser("tokenizer", help="train a CTC tokenizer (see `tasu tokenizer --help`)", add_help=False)
-    sub.add_parser("eval", help="`tasu eval report RESULTS...`: score result files", add_help=False)
+    sub.add_parser("eval", help="`tasu eval report RESULTS...`: score result files; `tasu eval run MODEL --data F "
+                                "--out R`: decode with a trained model", add_help=False)
+    sub.add_parser("ctc", help="`tasu ctc eval|export-posteriors ...`: a trained CTC model", add_help=False)
     return p
 
 
@@ -53,6 +58,18 @@ def main(argv: list[str] | None = None) -> int:
         from tasu.eval.report import report_main
 
         return report_main(rest[2:])
+    if rest[:2] == ["eval", "run"]:
+        from tasu.eval.run import run_main
+
+        return run_main(rest[2:])
+    if rest and rest[0] == "ctc":
+        from tasu.eval.ctc_eval import ctc_main
+
+        try:
+            return ctc_main(rest[1:])
+        except (ConfigError, FileNotFoundError, ValueError) as e:
+            print(f"tasu ctc: {e}", file=sys.stderr)
+            return 2
     if rest and rest[0] == "tokenizer":
         from tasu.text.spm_train import tokenizer_main
 

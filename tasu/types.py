@@ -106,6 +106,12 @@ class SpeechBatch:
         [prompt_prefix] [projected speech frames] [prompt_suffix] [answer]
     Loss is taken on `answer` only.
 
+    Several speech segments per sample (LLaSO: several `<audio>` in one turn, in order): `speech_counts[b]` = S_b
+    segments for sample b, and `prompt_middle[b]` holds the S_b - 1 text pieces between them:
+        [prompt_prefix] [speech 0] [middle 0] [speech 1] ... [middle S-2] [speech S-1] [prompt_suffix] [answer]
+    The segments of all samples are the rows of `feats` / `feat_lengths`, sample after sample (N = sum S_b rows).
+    Both fields are None when every sample has exactly one segment (then N = B): the single-speech path.
+
     Fields (B = batch size; F = feature frames; M = mel / fbank bins):
         keys           list[str]           sample keys (unique)
         tasks          list[str]           task names (ASR, EN2ZH, ...)
@@ -118,6 +124,9 @@ class SpeechBatch:
         feat_lengths   Tensor | None       [B] valid feature frames
         audio_seconds  float               total seconds of audio in the batch (0 for text)
         ctc_targets    list[list[int]] | None  CTC unit ids of the transcripts (audio batches; joint CTC loss)
+        speech_counts  list[int] | None    speech segments per sample (None: one each)
+        prompt_middle  list[list[list[int]]] | None  LLM ids between consecutive segments, S_b - 1 per sample
+    With segments, feats is [N, F, M] and feat_lengths [N] over the N = sum(speech_counts) segments.
     """
 
     keys: list[str]
@@ -131,9 +140,19 @@ class SpeechBatch:
     feat_lengths: torch.Tensor | None = None
     audio_seconds: float = 0.0
     ctc_targets: list[list[int]] | None = None
+    speech_counts: list[int] | None = None
+    prompt_middle: list[list[list[int]]] | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def segments(self) -> list[int]:
+        """Speech segments per sample (1 each on the single-speech path)."""
+        return list(self.speech_counts) if self.speech_counts is not None else [1] * len(self.keys)
+
+    def middles(self, i: int) -> list[list[int]]:
+        """The text pieces between sample i's segments ([] on the single-speech path)."""
+        return [] if self.prompt_middle is None else self.prompt_middle[i]
 
     @property
     def is_text_only(self) -> bool:

@@ -27,10 +27,11 @@ def base_env() -> dict:
     return env
 
 
-def run_tasu(args: list[str], timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
-    """`python -m tasu ARGS` in a fresh single process."""
-    r = subprocess.run([sys.executable, "-m", "tasu", *args], env=base_env(), capture_output=True, text=True,
-                       timeout=timeout, cwd=ROOT)
+def run_tasu(args: list[str], timeout: int = 600, check: bool = True,
+             env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m tasu ARGS` in a fresh single process (`env`: extra environment variables)."""
+    r = subprocess.run([sys.executable, "-m", "tasu", *args], env={**base_env(), **(env or {})}, capture_output=True,
+                       text=True, timeout=timeout, cwd=ROOT)
     if check and r.returncode != 0:
         raise AssertionError(f"tasu {' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}")
     return r

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Backend environment for Huawei Ascend 910B (sourced by launch/train.sh -e launch/env/npu.sh).
 # NOT verified on Ascend hardware: written against the CANN / torch_npu documentation.
 CANN_HOME="${CANN_HOME:-/usr/local/Ascend/ascend-toolkit}"

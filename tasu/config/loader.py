@@ -4,12 +4,16 @@
 
 A config is named by a shipped preset (`tasu/config/presets/<name>.yaml`) or by a path. Values in overrides are
 parsed as YAML scalars (`1e-3` -> float, `true` -> bool, `[a, b]` -> list). Paths starting with `pkg://` are
-resolved inside the installed tasu package (shipped assets).
+resolved inside the installed tasu package (shipped assets). String values may name environment variables as
+`${VAR}` (an error naming the key when VAR is unset) or `${VAR:-default}`: configs that point at local model
+folders (e.g. `model.llm.path: ${LLASO_LLM}`) are shipped without machine-specific paths.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -30,13 +34,16 @@ def preset_names() -> list[str]:
 def resolve_config_path(name_or_path: str) -> Path:
     """A preset name (`tiny`) or a YAML path; error lists the presets."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml"):
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        return p
-    preset = PRESET_DIR / f"{name_or_path}.yaml"
-    if preset.is_file():
-        return preset
+    try:
+        if p.suffix in (".yaml", ".yml"):
+            if not p.is_file():
+                raise ConfigError(f"config file not found: {p}")
+            return p
+        preset = PRESET_DIR / f"{name_or_path}.yaml"
+        if preset.is_file():
+            return preset
+    except OSError as e:  # e.g. a name too long for the file system
+        raise ConfigError(f"config {_short(name_or_path)!r}: {e.strerror or e}") from None
     raise ConfigError(f"unknown config '{name_or_path}': not a YAML file and not a preset "
                       f"({', '.join(preset_names())})")
 
@@ -99,7 +106,11 @@ def _coerce(value: Any, tp, key: str) -> Any:
         raise ConfigError(f"config key '{key}': expected an integer, got {type(value).__name__} {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an int beyond float range (YAML ints have no size limit)
+                raise ConfigError(f"config key '{key}': an integer of {value.bit_length()} bits is out of range for "
+                                  "a number") from None
         if isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
             try:
                 return float(value)
@@ -127,12 +138,26 @@ def from_dict(cls, data: dict, prefix: str = ""):
         kwargs[k] = _coerce(v, hints[k], path)
     try:
         return cls(**kwargs)
+    except ConfigError:
+        raise
     except TypeError as e:  # a required field is missing
         raise ConfigError(f"config section '{prefix or cls.__name__}': {e}") from None
+    except (ArithmeticError, ValueError) as e:  # a __post_init__ check that itself failed (e.g. x % 0)
+        raise ConfigError(f"config section '{prefix or cls.__name__}': invalid values {kwargs} "
+                          f"({type(e).__name__}: {e})") from None
 
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+# PyYAML raises more than YAMLError: ValueError for impossible dates (2001-13-45) and for ints over Python's
+# 4300-digit str->int limit, RecursionError for deeply nested flow collections.
+_YAML_ERRORS = (yaml.YAMLError, ValueError, RecursionError, OverflowError)
+
+
+def _short(text: str, n: int = 200) -> str:
+    return text if len(text) <= n else text[:n] + f"... ({len(text)} chars)"
 
 
 def apply_override(tree: dict, dotted: str) -> None:
@@ -142,8 +167,10 @@ def apply_override(tree: dict, dotted: str) -> None:
     key, raw = dotted.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override '{dotted}': value is not valid YAML ({e})") from None
+    except _YAML_ERRORS as e:
+        raise ConfigError(f"override '{_short(dotted)}': value is not valid YAML ({type(e).__name__}: "
+                          f"{_short(str(e))})") from None
+    check_tree(value, f"override '{_short(dotted)}'")
     parts = key.strip().split(".")
     node: Any = tree
     for i, part in enumerate(parts[:-1]):
@@ -167,17 +194,67 @@ def apply_override(tree: dict, dotted: str) -> None:
         node[last] = value
 
 
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(tree: Any, key: str = "") -> Any:
+    """A copy of `tree` with `${VAR}` / `${VAR:-default}` in its strings replaced from the environment; an unset
+    variable without a default is a ConfigError naming the dotted key (`$${` escapes a literal `${`)."""
+    if isinstance(tree, dict):
+        return {k: expand_env(v, f"{key}.{k}" if key else str(k)) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [expand_env(v, f"{key}.{i}") for i, v in enumerate(tree)]
+    if not isinstance(tree, str) or "${" not in tree:
+        return tree
+
+    def sub(m: re.Match) -> str:
+        if m.start() > 0 and tree[m.start() - 1] == "$":
+            return m.group(0)  # escaped: `$${X}` stays `${X}` (the extra `$` is dropped below)
+        value = os.environ.get(m.group(1))
+        if value is None or value == "":
+            if m.group(2) is not None:
+                return m.group(2)
+            raise ConfigError(f"config key '{key}': environment variable {m.group(1)} is not set or empty (the "
+                              f"value is {tree!r}); set it, or override the key")
+        return value
+
+    return _ENV_RE.sub(sub, tree).replace("$${", "${")
+
+
 def load_tree(name_or_path: str, overrides: list[str] = ()) -> dict:
     path = resolve_config_path(name_or_path)
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+    except _YAML_ERRORS as e:  # UnicodeDecodeError is a ValueError
+        raise ConfigError(f"{path}: not valid YAML: {type(e).__name__}: {_short(str(e))}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
+    check_tree(tree, str(path))
     for o in overrides:
         apply_override(tree, o)
-    return tree
+    return expand_env(tree)
+
+
+MAX_DEPTH = 64
+
+
+def check_tree(tree: Any, where: str) -> None:
+    """Refuse YAML that refers to itself (`&a [*a]` builds a list containing itself) or nests deeper than
+    MAX_DEPTH: both would make every later recursive step fail with RecursionError. Iterative on purpose."""
+    stack = [(tree, "", frozenset())]
+    while stack:
+        node, key, ancestors = stack.pop()
+        if not isinstance(node, (dict, list)):
+            continue
+        if id(node) in ancestors:
+            raise ConfigError(f"{where}: config key '{key}' contains itself (a recursive YAML alias)")
+        if len(ancestors) >= MAX_DEPTH:
+            raise ConfigError(f"{where}: config key '{_short(key, 80)}' is nested deeper than {MAX_DEPTH} levels")
+        inner = ancestors | {id(node)}
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        stack.extend((v, f"{key}.{k}" if key else str(k), inner) for k, v in items)
 
 
 def load_config(name_or_path: str, overrides: list[str] = ()):

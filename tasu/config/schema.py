@@ -13,8 +13,9 @@ from tasu.kernels.config import KernelsConfig
 from tasu.model.config import ModelConfig
 from tasu.taste.config import TasteConfig
 
-MODES = ("simulated", "posterior", "lego", "features")
-GROUPS = ("encoder", "ctc_head", "projector", "llm", "lora")
+MODES = ("simulated", "posterior", "lego", "features", "ctc")
+CTC_GROUPS = ("encoder", "ctc_head")  # what a ctc stage (CTCModel: no projector, no LLM) can train
+GROUPS = ("encoder", "ctc_head", "projector", "llm", "lora", "audio_tokens")
 
 
 @dataclass
@@ -30,6 +31,10 @@ class StageConfig:
     lr: float | None = doc_field(None, "peak learning rate (None: train.lr)")
     max_steps: int | None = doc_field(None, "optimizer steps of this stage (None: train.max_steps)")
     warmup_steps: int | None = doc_field(None, "LR warmup steps (None: train.warmup_steps)")
+    encoder_lr: float | None = doc_field(None, "peak LR of the encoder body's trainable parameters (None: the "
+                                               "stage LR); the CTC head and the rest keep the stage LR")
+    encoder_top_layers: int = doc_field(0, "also train the encoder body's top k layers and its final LayerNorm "
+                                           "(k of L; with `encoder` not in trainable: partial fine-tuning)")
 
     def __post_init__(self) -> None:
         check(self.mode in MODES, f"stages[{self.name}].mode", f"unknown mode '{self.mode}' {MODES}")
@@ -39,6 +44,13 @@ class StageConfig:
             check(self.lr > 0, f"stages[{self.name}].lr", "must be > 0")
         if self.max_steps is not None:
             check(self.max_steps > 0, f"stages[{self.name}].max_steps", "must be > 0")
+        if self.encoder_lr is not None:
+            check(self.encoder_lr > 0, f"stages[{self.name}].encoder_lr", "must be > 0")
+        check(self.encoder_top_layers >= 0, f"stages[{self.name}].encoder_top_layers", "must be >= 0")
+        if self.mode == "ctc":
+            check(set(self.trainable) <= set(CTC_GROUPS), f"stages[{self.name}].trainable",
+                  f"a ctc stage trains {CTC_GROUPS} only (no projector or LLM is built), got {self.trainable}: "
+                  "e.g. [ctc_head] (frozen encoder) or [encoder, ctc_head] (full fine-tuning)")
 
 
 @dataclass
@@ -64,6 +76,8 @@ class TrainConfig:
     save_every: int = doc_field(0, "checkpoint every N steps (0: only at the end of each stage)")
     keep_last: int = doc_field(2, "keep the last K checkpoints")
     resume: str = doc_field("auto", "auto (newest complete checkpoint in output_dir) | none | a checkpoint path")
+    init_from: str | None = doc_field(None, "start the first stage from another run's trained weights: its run dir "
+                                            "(last finished stage) or a stages/<name>/carry.safetensors file")
     seed: int = doc_field(1234, "global seed (model init, data order, simulation noise)")
     log_every: int = doc_field(10, "console line every N steps (metrics.jsonl gets every step)")
     nan_policy: str = doc_field("fail", "fail | skip: what a NaN/inf loss does")
@@ -94,6 +108,17 @@ class PromptConfig:
 
     file: str | None = doc_field(None, "JSON lines {task, prompt}; None: the shipped prompts")
     system: str | None = doc_field(None, "optional system message")
+    audio_bos: str | None = doc_field(None, "token put before every speech segment, e.g. <|audio_bos|> (added to "
+                                            "the LLM tokenizer as a special token when missing); None: no wrapper")
+    audio_eos: str | None = doc_field(None, "token put after every speech segment, e.g. <|audio_eos|>")
+
+    def __post_init__(self) -> None:
+        for name in ("audio_bos", "audio_eos"):
+            v = getattr(self, name)
+            check(v is None or (v.strip() == v and v != ""), f"prompts.{name}",
+                  f"must be a non-empty token string without surrounding spaces, got {v!r}")
+        check(self.audio_bos is None or self.audio_bos != self.audio_eos, "prompts.audio_eos",
+              "must differ from prompts.audio_bos")
 
 
 @dataclass
@@ -138,8 +163,15 @@ class Config:
             if s.mode == "lego":
                 check(self.model.projector.type == "lego", "model.projector.type",
                       f"stage '{s.name}' is in lego mode: the projector must be 'lego'")
+            if s.mode == "ctc":
+                check(self.data.n_mels == self.model.encoder.n_mels, "data.n_mels",
+                      f"is {self.data.n_mels} but model.encoder.n_mels is {self.model.encoder.n_mels} (stage "
+                      f"'{s.name}' feeds the data's features to the encoder)")
             if "lora" in s.trainable:
                 check(self.model.lora.r > 0, "model.lora.r", f"stage '{s.name}' trains lora but model.lora.r is 0")
+            if "audio_tokens" in s.trainable:
+                check(bool(self.prompts.audio_bos or self.prompts.audio_eos), "prompts.audio_bos",
+                      f"stage '{s.name}' trains audio_tokens but no audio wrapper token is set")
 
     def stage_steps(self, stage: StageConfig) -> int:
         return stage.max_steps if stage.max_steps is not None else self.train.max_steps
@@ -150,7 +182,10 @@ class Config:
             if value is None:
                 return
             p = Path(resolve_path(value))
-            ok = p.exists() if kind == "path" else p.is_file()
+            try:
+                ok = p.exists() if kind == "path" else p.is_file()
+            except OSError as e:  # e.g. a name too long for the file system
+                raise ConfigError(f"config key '{key}': cannot check {value[:200]!r}: {e.strerror or e}") from None
             if not ok:
                 raise ConfigError(f"config key '{key}': {kind} not found: {value}")
 
@@ -161,6 +196,7 @@ class Config:
         need("model.ctc_tokenizer.path", m.ctc_tokenizer.path, "path")
         need("prompts.file", self.prompts.file)
         need("train.ds_config", self.train.ds_config)
+        need("train.init_from", self.train.init_from, "path")
         for i, s in enumerate(self.stages):
             for j, src in enumerate(s.train_data):
                 _check_source(f"stages.{i}.train_data.{j}.path", src.path)
@@ -173,5 +209,9 @@ def _check_source(key: str, path: str) -> None:
     """A local source must exist; URLs (`pipe:`, `http`), brace and glob patterns are checked at read time."""
     if any(t in path for t in ("pipe:", "://", "{", "*", "?")) and not path.startswith("pkg://"):
         return
-    if not Path(resolve_path(path)).exists():
+    try:
+        found = Path(resolve_path(path)).exists()
+    except OSError as e:  # e.g. a name too long for the file system
+        raise ConfigError(f"config key '{key}': cannot check {path[:200]!r}: {e.strerror or e}") from None
+    if not found:
         raise ConfigError(f"config key '{key}': data source not found: {path}")

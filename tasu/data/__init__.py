@@ -5,7 +5,8 @@
     manifests.py    ps-slm / LLaSO / text inputs -> records or reported bad records
     tar_io.py       tar members with per-sample offsets; shard_index.py: index.json and source resolution
     audio_io.py     audio files, Kaldi ark objects (kaldi_ark.py), FLAC, resampling; features.py: log-mel, fbank
-    stages.py       pure sample -> sample stages and the per-mode stage plan
+    stages.py       pure sample -> sample stages and the per-mode stage plan; expansion.py: LLM length of the
+                    expanded speech (the length guard)
     sources.py      sample-exact split of each epoch across ranks and workers, shuffle buffer
     batching.py     length buckets under frame / token budgets, weighted mixing
     pipeline.py     one worker's deterministic batch stream; loader.py: TrainStream, eval_batches

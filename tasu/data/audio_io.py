@@ -18,6 +18,12 @@ from tasu.data.kaldi_ark import ArkError, is_ark_spec, read_ark_audio
 
 _SF_ERRORS = (sf.SoundFileError, RuntimeError, ValueError, EOFError, TypeError)
 
+# soundfile sizes its output array from the header's frame count before decoding a single frame, so a corrupt
+# header claiming billions of frames would allocate GiBs (seen by the fuzz suite: a 3 KB FLAC claiming 208 GiB).
+# No real encoding packs more samples per byte than FLAC's constant subframes (~22k at block size 65535 with 8
+# channels; ~1k at libsndfile's defaults): a header claiming more than this many samples per input byte lies.
+MAX_SAMPLES_PER_BYTE = 32768
+
 
 class AudioError(ValueError):
     """Unusable audio; `reason` is one of unreadable_audio (missing / unopenable), corrupt_audio, empty_audio."""
@@ -34,6 +40,24 @@ def _mono(audio: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 
+def _decode(fobj, nbytes: int, where: str) -> tuple[np.ndarray, int]:
+    """soundfile decode of an open binary file of `nbytes` bytes, refusing headers that claim impossible
+    lengths; every failure is an AudioError (corrupt_audio)."""
+    try:
+        with sf.SoundFile(fobj) as f:
+            claimed = f.frames * f.channels
+            if claimed > MAX_SAMPLES_PER_BYTE * max(nbytes, 1):
+                raise AudioError("corrupt_audio", f"{where}: the header claims {f.frames} frames x {f.channels} "
+                                                  f"channels from {nbytes} bytes (corrupt header)")
+            return f.read(dtype="float32", always_2d=False), int(f.samplerate)
+    except MemoryError:
+        raise AudioError("corrupt_audio", f"{where}: the header claims a length that does not fit in memory") from None
+    except _SF_ERRORS as e:
+        if isinstance(e, AudioError):
+            raise
+        raise AudioError("corrupt_audio", f"{where}: undecodable audio ({e})") from None
+
+
 def read_audio(path: str, default_rate: int = 16000) -> tuple[np.ndarray, int]:
     """(mono float32 samples [N], sample rate) from a file path or a Kaldi `file.ark:offset`.
 
@@ -48,13 +72,11 @@ def read_audio(path: str, default_rate: int = 16000) -> tuple[np.ndarray, int]:
     else:
         try:
             f = open(path, "rb")
-        except OSError as e:
-            raise AudioError("unreadable_audio", f"{path}: cannot open ({e.strerror or e})") from None
+        except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+            why = getattr(e, "strerror", None) or e
+            raise AudioError("unreadable_audio", f"{path!r}: cannot open ({why})") from None
         with f:
-            try:
-                audio, sr = sf.read(f, dtype="float32", always_2d=False)
-            except _SF_ERRORS as e:
-                raise AudioError("corrupt_audio", f"{path}: undecodable audio ({e})") from None
+            audio, sr = _decode(f, os.fstat(f.fileno()).st_size, path)
     audio = _mono(audio)
     if audio.size == 0:
         raise AudioError("empty_audio", f"{path}: audio has no samples")
@@ -91,13 +113,12 @@ def encode_flac(audio: np.ndarray, sample_rate: int) -> bytes:
 
 def decode_audio_bytes(data: bytes, where: str = "audio") -> tuple[np.ndarray, int]:
     """(mono float32 samples [N], rate) from encoded bytes (flac, wav, ...)."""
-    try:
-        audio, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
-    except _SF_ERRORS as e:
-        raise AudioError("corrupt_audio", f"{where}: undecodable audio bytes ({e})") from None
+    audio, sr = _decode(io.BytesIO(data), len(data), where)
     audio = _mono(audio)
     if audio.size == 0:
         raise AudioError("empty_audio", f"{where}: audio has no samples")
+    if not np.isfinite(audio).all():  # float WAV / FLOAT subtypes can hold them; shards from elsewhere may
+        raise AudioError("corrupt_audio", f"{where}: audio has NaN or infinite samples")
     return audio, int(sr)
 
 

@@ -3,6 +3,10 @@
 Text samples carry `sim` (CPS frames) and become sparse `Posteriors` [B, T] via `collate_simulated`; audio samples
 carry `feats` [F, M] and become `feats` [B, F_max, M] zero-padded with `feat_lengths` [B], plus `ctc_targets`
 (CTC unit ids of each transcript) when every sample has one. A batch is one or the other, never both.
+
+Multi-voice samples (LLaSO, several `<audio>`) also carry `extra_feats` and `prompt_middle`: then every voice is a
+row of `feats` [N, F_max, M] (sample after sample, N = total voices) and the batch gets `speech_counts` [B] and
+`prompt_middle`; CTC targets (one transcript per sample, not per voice) are left out.
 """
 
 from __future__ import annotations
@@ -37,15 +41,25 @@ def collate(samples: list[dict], vocab_size: int | None = None, blank_id: int = 
 
         batch.posteriors = collate_simulated([s["sim"] for s in samples], vocab_size, blank_id)
     else:
-        feats = [torch.as_tensor(s["feats"], dtype=torch.float32) for s in samples]  # each [F_i, M]
+        multi = any(s.get("extra_feats") for s in samples)
+        segs = [[s["feats"], *s.get("extra_feats", ())] for s in samples]
+        for s, seg in zip(samples, segs):
+            if len(s.get("prompt_middle", ())) != len(seg) - 1:
+                raise ValueError(f"collate: sample {s['__key__']!r} has {len(seg)} voices but "
+                                 f"{len(s.get('prompt_middle', ()))} text pieces between them")
+        feats = [torch.as_tensor(f, dtype=torch.float32) for seg in segs for f in seg]  # each [F_i, M]
         n_mels = {f.shape[1] for f in feats}
         if len(n_mels) != 1:
             raise ValueError(f"collate: feature sizes differ within a batch: {sorted(n_mels)}")
         lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.long)
-        out = torch.zeros(len(feats), int(lengths.max()), n_mels.pop())  # [B, F_max, M]
+        out = torch.zeros(len(feats), int(lengths.max()), n_mels.pop())  # [N, F_max, M], N = B unless multi-voice
         for i, f in enumerate(feats):
             out[i, : f.shape[0]] = f
         batch.feats, batch.feat_lengths = out, lengths
+        if multi:
+            batch.speech_counts = [len(seg) for seg in segs]
+            batch.prompt_middle = [[list(m) for m in s.get("prompt_middle", ())] for s in samples]
+            return batch
         targets = [s.get("ctc_targets") for s in samples]
         if all(targets):  # a joint CTC loss needs every transcript; one missing -> no targets for the batch
             batch.ctc_targets = [list(t) for t in targets]

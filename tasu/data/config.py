@@ -52,7 +52,8 @@ class DataConfig:
                                                           "overrides num_buckets")
     max_sample_frames: int = doc_field(3000, "audio samples with more feature frames are skipped (100 frames = 1 s)")
     min_sample_frames: int = doc_field(10, "audio samples with fewer feature frames are skipped")
-    max_sample_tokens: int = doc_field(1024, "text samples with a longer LLM sequence are skipped")
+    max_sample_tokens: int = doc_field(1024, "samples with a longer LLM sequence are skipped (text: filtered; audio "
+                                             "without PSD: checked once the speech is expanded, a counted fault)")
     shuffle_buffer: int = doc_field(1000, "sample shuffle buffer per worker and source (0/1 = no sample shuffle)")
     shuffle_shards: bool = doc_field(True, "epoch-seeded shard (or line) order")
     num_workers: int = doc_field(0, "DataLoader worker processes per rank (0 = in the training process)")

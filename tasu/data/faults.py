@@ -32,9 +32,12 @@ class FaultCounter:
     def ok(self) -> None:
         self.read += 1
 
-    def skip(self, reason: str, key: str | None, detail: str, where: str, count: int = 1) -> None:
-        """`count` samples lost for `reason` (a damaged tar range can lose several at once)."""
-        self.read += count
+    def skip(self, reason: str, key: str | None, detail: str, where: str, count: int = 1,
+             already_read: bool = False) -> None:
+        """`count` samples lost for `reason` (a damaged tar range can lose several at once). `already_read`: the
+        sample was counted by `ok()` before (it failed in a later stage, e.g. audio decoding after batching)."""
+        if not already_read:
+            self.read += count
         self.skipped[reason] += count
         who = f"sample {key!r}" if key is not None else f"{count} sample(s)"
         log.warning("tasu.data%s: skipped %s (%s) at %s: %s", f" [{self.label}]" if self.label else "", who, reason,

@@ -13,11 +13,11 @@ Compressed matrices (CM, CM2, CM3) hold features, not audio, and are refused wit
 from __future__ import annotations
 
 import io
+import os
 import re
 import struct
 
 import numpy as np
-import soundfile as sf
 
 ARK_SPEC = re.compile(r"^(?P<path>.+\.ark):(?P<offset>\d+)$")
 
@@ -35,6 +35,11 @@ def is_ark_spec(path: str) -> bool:
 
 
 def _read_exact(f, n: int, spec: str) -> bytes:
+    # sizes come from the archive itself: check them against the bytes left before reading, so a corrupt
+    # length (up to 2^2040 for an AUDIO object) is a clean error, not a MemoryError / OverflowError
+    left = os.fstat(f.fileno()).st_size - f.tell()
+    if n > left:
+        raise ArkError(f"{spec}: truncated Kaldi object (wanted {n} bytes, {max(left, 0)} left)", corrupt=True)
     data = f.read(n)
     if len(data) != n:
         raise ArkError(f"{spec}: truncated Kaldi object (wanted {n} bytes, got {len(data)})", corrupt=True)
@@ -90,8 +95,9 @@ def read_ark_audio(spec: str) -> tuple[np.ndarray, int | None]:
     path, offset = m.group("path"), int(m.group("offset"))
     try:
         f = open(path, "rb")
-    except OSError as e:
-        raise ArkError(f"{spec}: cannot open the archive ({e.strerror or e})", corrupt=False) from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        raise ArkError(f"{spec!r}: cannot open the archive ({getattr(e, 'strerror', None) or e})",
+                       corrupt=False) from None
     with f:
         f.seek(offset)
         head = f.read(5)
@@ -115,8 +121,9 @@ def read_ark_audio(spec: str) -> tuple[np.ndarray, int | None]:
 
 
 def _soundfile_bytes(data: bytes, spec: str) -> tuple[np.ndarray, int]:
+    from tasu.data.audio_io import AudioError, _decode  # lazy: audio_io imports this module
+
     try:
-        audio, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
-    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
-        raise ArkError(f"{spec}: undecodable audio in the archive ({e})", corrupt=True) from None
-    return audio, int(sr)
+        return _decode(io.BytesIO(data), len(data), f"{spec}: audio in the archive")
+    except AudioError as e:
+        raise ArkError(str(e), corrupt=True) from None

@@ -56,7 +56,11 @@ def resolve_sources(sources, mode: str, on_error: str, section: str = "data.trai
     cfgs = [_as_source(x) for x in sources]
     if not cfgs:
         raise ConfigError(f"config key '{section}': no data source given")
-    return [resolve_source(c, i, f"{section}.{i}", on_error) for i, c in enumerate(cfgs)]
+    out = [resolve_source(c, i, f"{section}.{i}", on_error) for i, c in enumerate(cfgs)]
+    for i, src in enumerate(out):
+        if mode == "ctc" and (src.kind == "text" or src.cfg.kind == "text"):
+            raise ConfigError(f"config key '{section}.{i}': ctc mode trains on audio, but {src.cfg.path} is text only")
+    return out
 
 
 class _WorkerDataset(torch.utils.data.IterableDataset):
@@ -84,12 +88,13 @@ class TrainStream:
     """
 
     def __init__(self, data_cfg: DataConfig, sources, mode: str, ctc_tokenizer, prompt_builder,
-                 sim_cfg: SimulationConfig, rank: int = 0, world_size: int = 1, seed: int = 0):
+                 sim_cfg: SimulationConfig, rank: int = 0, world_size: int = 1, seed: int = 0, expansion=None):
         if not 0 <= rank < world_size:
             raise ValueError(f"TrainStream: rank {rank} outside world size {world_size}")
         self.cfg, self.mode, self.rank, self.world_size, self.seed = data_cfg, mode, rank, world_size, seed
         self.sources = resolve_sources(sources, mode, data_cfg.on_error)
-        plan = build_stages(mode, data_cfg, ctc_tokenizer, prompt_builder, sim_cfg, train=True, seed=seed)
+        plan = build_stages(mode, data_cfg, ctc_tokenizer, prompt_builder, sim_cfg, train=True, seed=seed,
+                            expansion=expansion)
         self.spec = StreamSpec(data_cfg, self.sources, mode, plan, rank, world_size, seed, ctc_tokenizer.vocab_size,
                                getattr(ctc_tokenizer, "blank_id", 0))
         self.num_workers = max(1, data_cfg.num_workers)
@@ -217,13 +222,15 @@ class TrainStream:
 
 
 def eval_batches(data_cfg: DataConfig, sources, mode: str, ctc_tokenizer, prompt_builder, batch_size: int,
-                 sim_cfg: SimulationConfig | None = None, rank: int = 0, world_size: int = 1) -> Iterator[SpeechBatch]:
+                 sim_cfg: SimulationConfig | None = None, rank: int = 0, world_size: int = 1,
+                 expansion=None) -> Iterator[SpeechBatch]:
     """Evaluation batches: sources in order, samples in order (unshuffled), each once; prompts without answers
     (answer = []), references kept; text samples simulated at epoch 0. With world_size > 1 each rank gets a
     contiguous, sample-exact share. Bad samples are skipped and counted like in training, and the length
-    limits (data.max_sample_*) apply too."""
+    limits (data.max_sample_*, and `expansion`'s LLM length guard) apply too."""
     srcs = resolve_sources(sources, mode, data_cfg.on_error, "data.eval")
-    plan = build_stages(mode, data_cfg, ctc_tokenizer, prompt_builder, sim_cfg or SimulationConfig(), train=False)
+    plan = build_stages(mode, data_cfg, ctc_tokenizer, prompt_builder, sim_cfg or SimulationConfig(), train=False,
+                        expansion=expansion)
     spec = StreamSpec(data_cfg, srcs, mode, plan, rank, world_size, 0, ctc_tokenizer.vocab_size,
                       getattr(ctc_tokenizer, "blank_id", 0))
     faults = FaultCounter(data_cfg.max_skip_ratio, data_cfg.skip_check_after, data_cfg.on_error, "eval")

@@ -43,6 +43,7 @@ class Record:
     modality: str | None = None  # LLaSO only
     instruction: str | None = None  # LLaSO only: the human turn's text without the <audio> tags
     fmt: str = "text"  # text | ps-slm | llaso
+    human: str | None = None  # LLaSO only: the human turn as written, <audio> tags in place (the prompt)
 
     @property
     def kind(self) -> str:
@@ -59,6 +60,7 @@ class Record:
         if self.modality is not None:
             m["modality"] = self.modality
             m["instruction"] = self.instruction
+            m["human"] = self.human
         return m
 
 
@@ -171,13 +173,13 @@ def _llaso_record(obj: dict, file: str, line: int, default_task: str) -> Record 
         return BadRecord(file, line, key, "bad_field_type", "'GT' must be a string")
     instruction = " ".join(value.replace(AUDIO_TAG, " ").split())
     return Record(key, task, target, gt.strip(), [v.strip() for v in voices], file, line,
-                  modality=llaso_modality(value), instruction=instruction, fmt="llaso")
+                  modality=llaso_modality(value), instruction=instruction, fmt="llaso", human=value)
 
 
 def _encodable(rec: Record) -> bool:
     """False when a field holds a lone surrogate (valid JSON escape, invalid Unicode text)."""
     try:
-        for v in (rec.key, rec.task, rec.target, rec.gt, rec.instruction or "", *rec.audio):
+        for v in (rec.key, rec.task, rec.target, rec.gt, rec.instruction or "", rec.human or "", *rec.audio):
             v.encode("utf-8")
     except UnicodeEncodeError:
         return False
@@ -216,44 +218,87 @@ def resolve_audio_path(path: str, manifest: str) -> str:
 
 
 def _json_file(path: Path, default_task: str) -> Iterator[Record | BadRecord]:
-    """A .json file: one record or a list of records; line numbers point at each record's start."""
+    """A .json file: one record or a list of records; line numbers point at each record's start.
+
+    The list is parsed element by element (to know each one's line), as strictly as json.loads: a missing or
+    doubled comma, or anything after the closing value, is an `invalid_json` bad record, never skipped silently.
+    """
     file = str(path)
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        data = path.read_bytes()
     except OSError as e:
         yield BadRecord(file, 0, None, "unreadable_file", f"cannot open ({e.strerror or e})")
         return
+    try:
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        yield BadRecord(file, 0, None, "invalid_utf8", f"{e.reason} at byte {e.start}: the JSON file is unreadable")
+        yield BadRecord(file, data.count(b"\n", 0, e.start) + 1, None, "invalid_utf8",
+                        f"{e.reason} at byte {e.start}: the JSON file is unreadable")
         return
     dec = json.JSONDecoder()
-    pos = len(text) - len(text.lstrip())
+
+    def value_at(pos: int, what: str):
+        """(obj, end) of the JSON value at pos, or a BadRecord. json raises ValueError beyond JSONDecodeError
+        (an int over the 4300-digit limit) and RecursionError (deep nesting)."""
+        try:
+            return dec.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            return BadRecord(file, e.lineno, None, "invalid_json", f"{e.msg}{what}")
+        except (ValueError, RecursionError) as e:
+            return BadRecord(file, text.count("\n", 0, pos) + 1, None, "invalid_json", f"{str(e)[:200]}{what}")
+
+    def skip_ws(pos: int) -> int:
+        while pos < len(text) and text[pos] in " \t\r\n":
+            pos += 1
+        return pos
+
+    def trailing(pos: int) -> BadRecord | None:
+        pos = skip_ws(pos)
+        if pos < len(text):
+            return BadRecord(file, text.count("\n", 0, pos) + 1, None, "invalid_json",
+                             "extra data after the JSON value")
+        return None
+
+    pos = skip_ws(0)
     if pos == len(text):
         return  # empty file: no records
     if text[pos] != "[":
-        try:
-            obj, _ = dec.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            yield BadRecord(file, e.lineno, None, "invalid_json", e.msg)
+        got = value_at(pos, "")
+        if isinstance(got, BadRecord):
+            yield got
             return
-        yield parse_record(obj, file, text.count("\n", 0, pos) + 1, default_task)
+        yield parse_record(got[0], file, text.count("\n", 0, pos) + 1, default_task)
+        extra = trailing(got[1])
+        if extra is not None:
+            yield extra
         return
-    pos += 1
+    pos = skip_ws(pos + 1)
+    if pos < len(text) and text[pos] == "]":
+        extra = trailing(pos + 1)
+        if extra is not None:
+            yield extra
+        return
     while True:
-        while pos < len(text) and text[pos] in " \t\r\n,":
-            pos += 1
         if pos >= len(text):
             yield BadRecord(file, text.count("\n") + 1, None, "invalid_json", "unterminated JSON list")
             return
-        if text[pos] == "]":
-            return
         line = text.count("\n", 0, pos) + 1
-        try:
-            obj, pos = dec.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            yield BadRecord(file, e.lineno, None, "invalid_json", f"{e.msg} (the rest of the list is unreadable)")
+        got = value_at(pos, " (the rest of the list is unreadable)")
+        if isinstance(got, BadRecord):
+            yield got
             return
-        yield parse_record(obj, file, line, default_task)
+        yield parse_record(got[0], file, line, default_task)
+        pos = skip_ws(got[1])
+        if pos < len(text) and text[pos] == "]":
+            extra = trailing(pos + 1)
+            if extra is not None:
+                yield extra
+            return
+        if pos < len(text) and text[pos] != ",":
+            yield BadRecord(file, text.count("\n", 0, pos) + 1, None, "invalid_json",
+                            "expected ',' or ']' after a list element (the rest of the list is unreadable)")
+            return
+        pos = skip_ws(pos + 1)
 
 
 def read_manifest(path: str | Path, default_task: str = "ASR") -> Iterator[Record | BadRecord]:
@@ -284,7 +329,7 @@ def read_manifest(path: str | Path, default_task: str = "ASR") -> Iterator[Recor
                 continue
             try:
                 obj = json.loads(line)
-            except (json.JSONDecodeError, RecursionError) as e:
+            except (ValueError, RecursionError) as e:  # ValueError: JSONDecodeError, ints over 4300 digits
                 yield BadRecord(file, line_no, None, "invalid_json", str(e)[:200])
                 continue
             yield parse_record(obj, file, line_no, default_task)

@@ -84,7 +84,7 @@ def finish_batch(spec: StreamSpec, group: list[dict], faults: FaultCounter) -> l
         try:
             out.append(run_stages(spec.plan.post[s["__input__"]], s))
         except SampleError as e:
-            faults.skip(e.reason, s["__key__"], e.detail, s["__where__"])
+            faults.skip(e.reason, s["__key__"], e.detail, s["__where__"], already_read=True)  # ok() counted it
     return out
 
 

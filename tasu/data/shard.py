@@ -122,6 +122,7 @@ class _Builder:
         meta["source"] = {"file": rec.file, "line": rec.line}
         members: dict[str, bytes] = {}
         seconds = 0.0
+        voices = []  # per voice {sample_rate, num_samples}: sizes every voice of a multi-voice sample undecoded
         for i, path in enumerate(rec.audio):
             try:
                 audio, sr = read_audio(path, self.opts.sample_rate or 16000)
@@ -137,12 +138,15 @@ class _Builder:
                     return
                 audio, sr = resample(audio, sr, target), target
             members["flac" if i == 0 else f"{i}.flac"] = encode_flac(audio, sr)
+            voices.append({"sample_rate": sr, "num_samples": int(audio.shape[0])})
             if i == 0:
                 meta.update(sample_rate=sr, num_samples=int(audio.shape[0]), duration=round(audio.shape[0] / sr, 4))
                 seconds = audio.shape[0] / sr
                 self.rates[sr] += 1
         if rec.audio:
             meta["num_voices"] = len(rec.audio)
+        if len(voices) > 1:
+            meta["voices"] = voices
         members["json"] = json.dumps(meta, ensure_ascii=False).encode("utf-8")
         self.seen[rec.key] = rec.where
         self.writer.write(_member_base(rec.key, self.used), members)
@@ -222,7 +226,10 @@ def write_shards(inputs: list[str], out_dir: str, opts: ShardOptions | None = No
     opts = opts or ShardOptions()
     out = Path(out_dir)
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # e.g. OUT_DIR names an existing file
+        raise ShardError(f"cannot create the output folder {out}: {e.strerror or e}") from None
     tmp = out / f".tasu-shard-tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -295,6 +302,9 @@ def shard_main(argv: list[str]) -> int:
     try:
         summary = write_shards(args.inputs, args.out_dir, opts, report)
     except ShardError as e:
+        print(f"tasu shard: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # the output side failed (disk full, permissions): the folder is left as it was
         print(f"tasu shard: error: {e}", file=sys.stderr)
         return 1
     print(summary.text())

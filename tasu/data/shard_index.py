@@ -78,31 +78,67 @@ def write_index(index: ShardIndex, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _shard_info(s, i: int, path: Path) -> ShardInfo:
+    """One `shards` entry, type-checked: a damaged index is a ValueError naming the entry, never a TypeError
+    deep in the loader."""
+    def bad(what: str) -> ValueError:
+        return ValueError(f"{path}: shard entry {i} is malformed ({what})")
+
+    if not isinstance(s, dict):
+        raise bad(f"expected an object, got {type(s).__name__}")
+    try:
+        info = ShardInfo(**s)
+    except TypeError as e:
+        raise bad(str(e)) from None
+    if not isinstance(info.url, str) or not info.url:
+        raise bad("'url' must be a non-empty string")
+    if not _is_int(info.samples) or info.samples < 0:
+        raise bad(f"'samples' must be an integer >= 0, got {info.samples!r}")
+    if info.offsets is not None:
+        if not isinstance(info.offsets, list) or not all(_is_int(o) and o >= 0 for o in info.offsets):
+            raise bad("'offsets' must be a list of byte offsets")
+        if len(info.offsets) != info.samples + 1:
+            raise ValueError(f"{path}: shard {info.url} has {len(info.offsets)} offsets for {info.samples} samples")
+        if any(b <= a for a, b in zip(info.offsets, info.offsets[1:])):
+            raise bad("'offsets' must be increasing")
+    for name in ("audio_seconds", "text_tokens", "bytes"):
+        v = getattr(info, name)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0:
+            raise bad(f"'{name}' must be a number >= 0, got {v!r}")
+    return info
+
+
 def read_index(path: str | Path) -> ShardIndex:
     """Load an index; relative shard URLs become paths relative to the index's folder."""
     path = Path(path)
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: unreadable shard index ({e})") from None
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad UTF-8 / JSON, ints over 4300 digits
+        raise ValueError(f"{path}: unreadable shard index ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(d, dict) or d.get("format") != INDEX_FORMAT:
         raise ValueError(f"{path}: not a tasu shard index (no \"format\": \"{INDEX_FORMAT}\")")
     if d.get("version") != INDEX_VERSION:
         raise ValueError(f"{path}: shard index version {d.get('version')} (this tasu reads {INDEX_VERSION})")
+    if not isinstance(d.get("shards", []), list):
+        raise ValueError(f"{path}: 'shards' must be a list")
+    kind, rate = d.get("kind", "audio"), d.get("sample_rate")
+    if kind not in ("audio", "text", "mixed"):
+        raise ValueError(f"{path}: 'kind' must be audio, text or mixed, got {kind!r}")
+    if rate is not None and (not _is_int(rate) or rate <= 0):
+        raise ValueError(f"{path}: 'sample_rate' must be a positive integer or null, got {rate!r}")
     shards = []
     for i, s in enumerate(d.get("shards", [])):
-        try:
-            info = ShardInfo(**s)
-        except TypeError as e:
-            raise ValueError(f"{path}: shard entry {i} is malformed ({e})") from None
+        info = _shard_info(s, i, path)
         if is_local(info.url) and not os.path.isabs(local_path(info.url)):
             info.url = str(path.parent / info.url)
-        if info.offsets is not None and len(info.offsets) != info.samples + 1:
-            raise ValueError(f"{path}: shard {info.url} has {len(info.offsets)} offsets for {info.samples} samples")
         shards.append(info)
     extra = {k: v for k, v in d.items() if k not in ("format", "version", "kind", "sample_rate", "shards",
                                                       "total_samples", "total_audio_seconds", "total_text_tokens")}
-    return ShardIndex(shards, d.get("kind", "audio"), d.get("sample_rate"), extra)
+    return ShardIndex(shards, kind, rate, extra)
 
 
 def expand_urls(pattern: str) -> list[str]:

@@ -36,6 +36,7 @@ from tasu.data.tar_io import TarFault, is_local, local_path, read_range
 log = logging.getLogger("tasu.data")
 
 MEMORY_SUFFIXES = (".txt", ".jsonl")
+MAX_VOICES = 1024  # a JSON member claiming more voices is corrupt (it would size a list of member names)
 
 
 @dataclass
@@ -129,6 +130,8 @@ def _record_sample(rec: Record, src: ResolvedSource, epoch: int, as_text: bool) 
          "__input__": "text" if as_text or not rec.audio else "audio", "meta": rec.meta()}
     if s["__input__"] == "audio":
         s["audio_path"] = rec.audio[0]
+        if len(rec.audio) > 1:  # further voices (LLaSO: one speech segment each, in order)
+            s["extra_audio_paths"] = list(rec.audio[1:])
     return s
 
 
@@ -149,16 +152,26 @@ def _tar_sample(raw: dict, src: ResolvedSource, epoch: int, as_text: bool) -> di
             raise ValueError("the JSON member is not an object with string 'key', 'task' and 'target'")
         if not isinstance(meta.get("GT", ""), str):
             raise ValueError("'GT' is not a string")
+        voices = meta.get("num_voices")
+        if voices is not None and (type(voices) is not int or not 1 <= voices <= MAX_VOICES):
+            raise ValueError(f"'num_voices' must be an integer in 1..{MAX_VOICES}, got {voices!r}")
     except KeyError:
         return TarFault("corrupt_member", f"sample {raw['__key__']!r} has no .json member", where, 1)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: deeply nested JSON
         return TarFault("corrupt_member", f"sample {raw['__key__']!r}: bad JSON member ({e})", where, 1)
     is_audio = meta.get("kind") == "audio" and not as_text
     s = {"__key__": meta["key"], "__source__": src.index, "__epoch__": epoch, "__where__": where,
          "__input__": "audio" if is_audio else "text", "meta": meta}
     if is_audio:
+        extra = [f"{i}.flac" for i in range(1, int(meta.get("num_voices") or 1))]  # further voices' members
         if "flac" in raw:
+            missing = [m for m in extra if m not in raw]
+            if missing:
+                return TarFault("corrupt_member", f"audio sample {meta['key']!r} lacks voice member(s) {missing}",
+                                where, 1)
             s["audio_bytes"] = raw["flac"]
+            if extra:
+                s["extra_audio_bytes"] = [raw[m] for m in extra]
         elif raw.get("__skipped_audio__"):
             s["audio_ref"] = raw["__ref__"]
         else:

@@ -1,4 +1,5 @@
-"""Builders: compose `SpeechLLM(encoder, projector, llm)` from a typed config."""
+"""Builders: compose `SpeechLLM(encoder, projector, llm)`, or `CTCModel(encoder)` for ctc stages, from a typed
+config."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import logging
 
 import torch
 
+from tasu.model.audio_tokens import AudioTokens, add_audio_tokens
+from tasu.model.ctc_model import CTCModel
 from tasu.model.encoders.build import build_encoder
 from tasu.model.llm import apply_lora, load_llm
 from tasu.model.projectors import build_projector
@@ -37,6 +40,9 @@ def build_speech_llm(cfg, seed: int | None = None) -> SpeechLLM:
     m = cfg.model
     llm, llm_tok = load_llm(m.llm, seed)
     ctc_tok = build_ctc_tokenizer(m.ctc_tokenizer, llm_tokenizer=llm_tok)
+    # audio wrapper tokens: added (and the embedding grown) before anything holds the LLM's embedding module
+    wrap = [t for t in (cfg.prompts.audio_bos, cfg.prompts.audio_eos) if t]
+    audio_tokens = AudioTokens(add_audio_tokens(llm, llm_tok, wrap), llm.config.hidden_size) if wrap else None
     torch.manual_seed(seed)
     encoder = build_encoder(m.encoder, ctc_tok.vocab_size)
     kind = projector_input_kind(cfg)
@@ -52,4 +58,24 @@ def build_speech_llm(cfg, seed: int | None = None) -> SpeechLLM:
     llm = apply_lora(llm, m.lora)
     return SpeechLLM(encoder, projector, llm, llm_tok, ctc_tok,
                      psd_threshold=cfg.psd.blank_threshold if cfg.psd.enabled else None,
-                     feature_layers=tuple(m.encoder.feature_layers), ctc_weight=m.encoder.ctc_weight)
+                     feature_layers=tuple(m.encoder.feature_layers), ctc_weight=m.encoder.ctc_weight,
+                     audio_tokens=audio_tokens)
+
+
+def build_ctc_model(cfg, seed: int | None = None) -> CTCModel:
+    """Encoder + CTC head over the configured CTC tokenizer, without an LLM (ctc stages). With
+    `model.ctc_tokenizer.type: llm` only the LLM's tokenizer is loaded (for an HF LLM) so the vocabulary matches
+    the one a later SpeechLLM stage builds."""
+    seed = cfg.train.seed if seed is None else seed
+    m = cfg.model
+    llm_tok = None
+    if m.ctc_tokenizer.type == "llm":
+        if m.llm.type == "hf":
+            from transformers import AutoTokenizer
+
+            llm_tok = AutoTokenizer.from_pretrained(m.llm.path, gguf_file=m.llm.gguf_file)
+        else:
+            _, llm_tok = load_llm(m.llm, seed)  # tiny: its tokenizer is trained with it
+    ctc_tok = build_ctc_tokenizer(m.ctc_tokenizer, llm_tokenizer=llm_tok)
+    torch.manual_seed(seed)
+    return CTCModel(build_encoder(m.encoder, ctc_tok.vocab_size), ctc_tok)

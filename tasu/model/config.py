@@ -11,6 +11,7 @@ ENCODER_TYPES = ("tiny", "whisper", "none")
 HEAD_TYPES = ("linear", "mlp", "bigru", "conformer")
 PROJECTOR_TYPES = ("linear-silu", "linear", "conv1d", "qformer", "cross-attention", "lego")
 LLM_TYPES = ("tiny", "hf")
+ACTIVATIONS = ("relu", "gelu", "silu")
 
 
 @dataclass
@@ -41,6 +42,7 @@ class EncoderConfig:
               f"unknown format '{self.weights_format}'")
         check(self.ctc_weight >= 0.0, "model.encoder.ctc_weight", f"must be >= 0, got {self.ctc_weight}")
         check(self.n_mels in (80, 128), "model.encoder.n_mels", f"must be 80 or 128, got {self.n_mels}")
+        check(self.n_heads > 0, "model.encoder.n_heads", f"must be > 0, got {self.n_heads}")
         check(self.d_model > 0 and self.d_model % self.n_heads == 0, "model.encoder.d_model",
               "must be positive and divisible by n_heads")
 
@@ -52,6 +54,8 @@ class ProjectorConfig:
     type: str = doc_field("linear-silu", f"one of {PROJECTOR_TYPES}")
     hidden: int = doc_field(2048, "hidden width (linear-silu / conv1d / linear)")
     stack: int = doc_field(1, "frame stacking factor k for `linear` / `conv1d` (downsamples frames by k)")
+    activation: str | None = doc_field(None, f"hidden activation of `linear` / `conv1d`: {' | '.join(ACTIVATIONS)}; "
+                                             "None: the type's own (linear: relu, conv1d: gelu)")
     num_queries: int = doc_field(32, "qformer: number of learned queries")
     num_layers: int = doc_field(2, "qformer: Q-Former layers")
     num_heads: int = doc_field(4, "qformer / cross-attention heads")
@@ -64,6 +68,11 @@ class ProjectorConfig:
         check(self.hidden > 0, "model.projector.hidden", "must be > 0")
         check(self.stack >= 1, "model.projector.stack", "must be >= 1")
         check(self.init in ("random", "embedding"), "model.projector.init", f"unknown init '{self.init}'")
+        if self.activation is not None:
+            check(self.activation in ACTIVATIONS, "model.projector.activation",
+                  f"unknown activation '{self.activation}' {ACTIVATIONS}")
+            check(self.type in ("linear", "conv1d"), "model.projector.activation",
+                  f"is used by type linear / conv1d only, not '{self.type}' (leave it null)")
 
 
 @dataclass

@@ -20,6 +20,8 @@ def group_of(name: str) -> str:
         return "llm"
     if name.startswith("projector."):
         return "projector"
+    if name.startswith("audio_tokens."):
+        return "audio_tokens"
     if name.startswith("encoder.ctc_head."):
         return "ctc_head"
     if name.startswith("encoder."):
@@ -59,3 +61,22 @@ def log_summary(summary: dict, stage: str) -> None:
     total = sum(summary["trainable"].values())
     log.info("stage %s: %d trainable parameters %s; frozen %s", stage, total, summary["trainable"], summary["frozen"])
     log.debug("trainable parameter names: %s", summary["names"])
+
+
+def encoder_top_layers_regex(model: nn.Module, k: int) -> list[str]:
+    """Parameter-name regexes of the top `k` layers of the encoder body (`model.encoder.encoder.layers`) and of
+    the body's own closing LayerNorm (its direct LayerNorm child: `layer_norm` in Whisper, `norm` in tiny), which
+    only the top layer feeds. [] for k = 0; a ConfigError names the key when k exceeds the layer count."""
+    if k == 0:
+        return []
+    body = getattr(getattr(model, "encoder", None), "encoder", None)
+    layers = getattr(body, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ConfigError("config key 'stages.*.encoder_top_layers': the model has no encoder body with `layers`")
+    n = len(layers)
+    if not 0 < k <= n:
+        raise ConfigError(f"config key 'stages.*.encoder_top_layers': {k} layers asked, the encoder has {n}")
+    out = [rf"^encoder\.encoder\.layers\.({'|'.join(str(i) for i in range(n - k, n))})\."]
+    out += [rf"^encoder\.encoder\.{re.escape(name)}\." for name, m in body.named_children()
+            if isinstance(m, nn.LayerNorm)]
+    return out

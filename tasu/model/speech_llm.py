@@ -2,6 +2,10 @@
 
     speech (features or simulated posteriors) -> [encoder -> PSD] -> projector -> LLM embeddings
     LLM input per sample:  [prompt_prefix] [speech frames] [prompt_suffix] [answer]
+    with several speech segments (LLaSO):  [prefix] [speech 0] [middle 0] [speech 1] ... [suffix] [answer]
+Prompt ids are embedded by the LLM's table plus, when audio wrapper tokens are configured, their trainable offsets
+(`tasu.model.audio_tokens`). A sequence longer than the LLM's max_position_embeddings once the speech is expanded
+is an error naming the sample key (the data pipeline skips such samples earlier when it can predict the length).
 
 Modes (chosen per stage by config, not by separate scripts):
     simulated  CPS posteriors from text (sparse layout); no audio is read and no encoder runs
@@ -37,11 +41,12 @@ class SpeechLLM(nn.Module):
     """CTC encoder -> projector -> causal LLM (see module docstring)."""
 
     def __init__(self, encoder, projector, llm, llm_tokenizer, ctc_tokenizer, psd_threshold: float | None = 0.9,
-                 feature_layers: tuple[int, ...] = (-1,), ctc_weight: float = 0.0):
+                 feature_layers: tuple[int, ...] = (-1,), ctc_weight: float = 0.0, audio_tokens=None):
         super().__init__()
         self.encoder = encoder            # CTCEncoder | None
         self.projector = projector
         self.llm = llm
+        self.audio_tokens = audio_tokens  # AudioTokens | None: offsets of the audio wrapper token embeddings
         self.llm_tokenizer = llm_tokenizer
         self.ctc_tokenizer = ctc_tokenizer
         self.psd_threshold = psd_threshold  # None: PSD off
@@ -92,12 +97,9 @@ class SpeechLLM(nn.Module):
     @staticmethod
     def ctc_loss(post: Posteriors, targets: list[list[int]]) -> torch.Tensor:
         """Mean CTC loss (per target unit) of encoder log-probs [B, T, V] against unit-id targets."""
-        dev = post.lengths.device
-        flat = torch.tensor([u for t in targets for u in t], dtype=torch.long, device=dev)
-        tlen = torch.tensor([len(t) for t in targets], dtype=torch.long, device=dev)
-        lp = post.log_probs.float().transpose(0, 1)               # [T, B, V]
-        return nn.functional.ctc_loss(lp, flat, post.lengths, tlen, blank=post.blank_id, reduction="mean",
-                                      zero_infinity=True)
+        from tasu.model.ctc_model import ctc_loss
+
+        return ctc_loss(post, targets)
 
     @staticmethod
     def _dtype_of(module: nn.Module) -> torch.dtype:
@@ -121,22 +123,59 @@ class SpeechLLM(nn.Module):
         return self.llm.get_input_embeddings()
 
     # ---- splicing --------------------------------------------------------------------------------------------
+    def embed_ids(self, ids: list[int], device) -> torch.Tensor:
+        """[L, H] input embeddings of prompt / answer ids (audio wrapper tokens get their trainable offsets)."""
+        t = torch.tensor(ids, dtype=torch.long, device=device)
+        emb = self.embed_tokens(t)
+        return emb if self.audio_tokens is None else self.audio_tokens(t, emb)
+
+    @property
+    def max_positions(self) -> int | None:
+        """The LLM's max_position_embeddings (None when its config has none)."""
+        return getattr(self.llm.config, "max_position_embeddings", None)
+
     def splice(self, batch: SpeechBatch, speech: torch.Tensor, speech_lengths: torch.Tensor,
                left_pad: bool = False) -> LLMInputs:
-        """Concatenate prefix | speech | suffix | answer per sample, pad right (training) or left (generation)."""
+        """Concatenate prefix | speech | suffix | answer per sample (speech segments interleaved with the middle
+        pieces when a sample has several), pad right (training) or left (generation).
+
+        speech [N, T', H] and speech_lengths [N] hold one row per segment, sample after sample (N = B on the
+        single-speech path). Returns speech_frames [B]: projected frames per sample, summed over its segments."""
         dev = speech.device
-        emb = self.embed_tokens
-        pieces, label_rows = [], []
+        counts = batch.segments()
+        if sum(counts) != speech.shape[0]:
+            raise ValueError(f"splice: {speech.shape[0]} speech rows for {sum(counts)} segments (speech_counts "
+                             f"{counts}; keys {batch.keys[:4]})")
+        pieces, label_rows, frames = [], [], []
+        row = 0
         for i in range(len(batch)):
-            n = int(speech_lengths[i])
-            ids_pre = torch.tensor(batch.prompt_prefix[i], dtype=torch.long, device=dev)
-            ids_suf = torch.tensor(batch.prompt_suffix[i] + batch.answer[i], dtype=torch.long, device=dev)
-            seq = torch.cat([emb(ids_pre), speech[i, :n], emb(ids_suf)], dim=0)        # [L_i, H]
+            middles = batch.middles(i)
+            if len(middles) != counts[i] - 1:
+                raise ValueError(f"sample {batch.keys[i]!r}: {counts[i]} speech segments need {counts[i] - 1} middle "
+                                 f"text pieces, got {len(middles)}")
+            parts = [self.embed_ids(batch.prompt_prefix[i], dev)]
+            n_speech = 0
+            for j in range(counts[i]):
+                n = int(speech_lengths[row])
+                parts.append(speech[row, :n])
+                n_speech += n
+                row += 1
+                if j < counts[i] - 1:
+                    parts.append(self.embed_ids(middles[j], dev))
+            parts.append(self.embed_ids(batch.prompt_suffix[i] + batch.answer[i], dev))
+            seq = torch.cat(parts, dim=0)                                              # [L_i, H]
+            limit = self.max_positions
+            if limit is not None and seq.shape[0] > limit:
+                raise ValueError(f"sample {batch.keys[i]!r}: the LLM sequence is {seq.shape[0]} positions once the "
+                                 f"speech is expanded ({n_speech} speech embeddings), more than the LLM's "
+                                 f"max_position_embeddings {limit}: shorten the audio, or lower "
+                                 "data.max_sample_tokens so the data pipeline skips such samples")
             lab = torch.full((seq.shape[0],), IGNORE_INDEX, dtype=torch.long, device=dev)
             if batch.answer[i]:
                 lab[-len(batch.answer[i]):] = torch.tensor(batch.answer[i], dtype=torch.long, device=dev)
             pieces.append(seq)
             label_rows.append(lab)
+            frames.append(n_speech)
         width = max(p.shape[0] for p in pieces)
         hidden = speech.shape[-1]
         embeds = speech.new_zeros(len(pieces), width, hidden)
@@ -147,7 +186,7 @@ class SpeechLLM(nn.Module):
             embeds[i, sl] = seq
             mask[i, sl] = 1
             labels[i, sl] = lab
-        return LLMInputs(embeds, mask, labels, speech_lengths)
+        return LLMInputs(embeds, mask, labels, torch.tensor(frames, dtype=torch.long, device=dev))
 
     def external_parameters(self) -> list[tuple[nn.Module, nn.Parameter]]:
         """(module, parameter) pairs where `module.forward` reads a parameter it does not own: the projector's

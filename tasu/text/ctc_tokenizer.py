@@ -137,6 +137,9 @@ class HFCTCTokenizer(CTCTokenizer):
     def __init__(self, hf_tokenizer, compact_ids: list[int] | None = None):
         self.hf = hf_tokenizer
         special = set(getattr(hf_tokenizer, "all_special_ids", []) or [])
+        # added special tokens (e.g. audio wrapper tokens) are not text units either
+        special |= {i for i, t in (getattr(hf_tokenizer, "added_tokens_decoder", None) or {}).items()
+                    if getattr(t, "special", False)}
         if compact_ids is None:
             compact_ids = [i for i in range(len(hf_tokenizer)) if i not in special]
         self.hf_ids = list(compact_ids)

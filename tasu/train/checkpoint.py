@@ -90,15 +90,34 @@ def read_rank_state(dir_: Path, rank: int) -> tuple[dict, dict]:
 
 
 def publish(ckpt_root: Path, tag: str, keep_last: int) -> None:
-    """Rank 0, after every rank wrote: mark complete, rename tmp -> final, prune old ones."""
+    """Rank 0, after every rank wrote: mark complete, rename tmp -> final, prune old ones.
+
+    A kill -9 at any point leaves each checkpoint either complete or invisible: COMPLETE is written inside tmp-*
+    (never loaded), the rename is atomic, and a checkpoint is removed by first renaming it to tmp-* (so a
+    half-deleted folder can never carry a COMPLETE marker under a step-* name); tmp-* leftovers are cleared by
+    the next save.
+    """
+    from tasu.train import faults
+
+    step = int(TAG_RE.match(tag).group(2))
     tmp = ckpt_root / tmp_tag(tag)
     (tmp / "COMPLETE").write_text("ok\n", encoding="utf-8")
+    faults.kill_point("kill_before_rename", step)
     final = ckpt_root / tag
     if final.exists():
-        shutil.rmtree(final)
+        _remove(final)
     tmp.rename(final)
+    faults.kill_point("kill_before_prune", step)
     for old in complete_checkpoints(ckpt_root)[:-keep_last]:
-        shutil.rmtree(old.path, ignore_errors=True)
+        _remove(old.path)
+
+
+def _remove(path: Path) -> None:
+    """Atomically hide a checkpoint (rename to tmp-*), then delete it."""
+    trash = path.with_name(f"tmp-removed-{path.name}")
+    shutil.rmtree(trash, ignore_errors=True)
+    path.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def clear_incomplete(ckpt_root: Path) -> None:

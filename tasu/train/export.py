@@ -6,7 +6,11 @@
         lora/                   PEFT adapter (adapter_config.json + adapter_model.safetensors), if LoRA is on
         projector.safetensors   projector state dict
         encoder.safetensors     encoder + CTC head state dict (absent when there is no encoder)
+        audio_tokens.safetensors  offsets of the audio wrapper token embeddings (when prompts.audio_bos/eos are set)
         ctc_tokenizer/          the CTC tokenizer's files (sentencepiece model / token list), if any
+
+A run whose stages are all `ctc` (a CTCModel, no LLM) exports tasu_config.yaml, encoder.safetensors and
+ctc_tokenizer/ only; `load_ctc_model` reads such a folder, or a run dir directly.
 
 Only safetensors and JSON/YAML are read back: nothing goes through pickle.
 """
@@ -20,6 +24,7 @@ from pathlib import Path
 import torch
 
 from tasu.config.loader import dump_yaml, load_config
+from tasu.model.ctc_model import ctc_only
 from tasu.train import checkpoint as ckpt
 
 log = logging.getLogger("tasu.export")
@@ -62,13 +67,53 @@ def export_model(model, cfg, out_dir: Path, llm_trained: bool) -> None:
     if model.encoder is not None:
         save_file({k: v.detach().contiguous().cpu() for k, v in model.encoder.state_dict().items()},
                   str(out_dir / "encoder.safetensors"))
+    if model.audio_tokens is not None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.audio_tokens.state_dict().items()},
+                  str(out_dir / "audio_tokens.safetensors"))
+    _copy_ctc_tokenizer(cfg, out_dir)
+    dump_yaml(cfg, out_dir / "tasu_config.yaml")
+
+
+def _copy_ctc_tokenizer(cfg, out_dir: Path) -> None:
     tok_cfg = cfg.model.ctc_tokenizer
     if tok_cfg.path and tok_cfg.type in ("sentencepiece", "list"):
         dst = out_dir / "ctc_tokenizer" / Path(tok_cfg.path).name
         dst.parent.mkdir(exist_ok=True)
         shutil.copy(tok_cfg.path, dst)
         tok_cfg.path = str(dst.resolve())
+
+
+def export_ctc_model(model, cfg, out_dir: Path) -> None:
+    """Write a CTCModel: encoder.safetensors (body + CTC head), ctc_tokenizer/, tasu_config.yaml."""
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.encoder.state_dict().items()},
+              str(out_dir / "encoder.safetensors"))
+    _copy_ctc_tokenizer(cfg, out_dir)
     dump_yaml(cfg, out_dir / "tasu_config.yaml")
+
+
+def load_ctc_model(path: str | Path):
+    """(CTCModel in eval mode, its config) from a run dir (config.yaml + the last finished stage's carry file)
+    or an export folder (tasu_config.yaml + encoder.safetensors). Weights are loaded strictly."""
+    from safetensors.torch import load_file
+
+    from tasu.model.build import build_ctc_model
+
+    path = Path(path)
+    if (path / "tasu_config.yaml").is_file():
+        cfg = load_config(str(path / "tasu_config.yaml"))
+        model = build_ctc_model(cfg)
+        model.encoder.load_state_dict(load_file(str(path / "encoder.safetensors")), strict=True)
+    elif (path / "config.yaml").is_file():
+        cfg = load_config(str(path / "config.yaml"))
+        model = build_ctc_model(cfg)
+        carried = ckpt.load_carry(_final_carry(path, cfg))
+        ckpt.apply_weights(model, {k: v for k, v in carried.items() if k.startswith("encoder.")}, path)
+    else:
+        raise FileNotFoundError(f"{path}: neither a tasu run dir (config.yaml) nor an export (tasu_config.yaml)")
+    return model.eval(), cfg
 
 
 def load_trained_weights(model, run_dir: Path, cfg) -> dict[str, torch.Tensor]:
@@ -88,6 +133,11 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{run_dir}: not a tasu run dir (no config.yaml)")
     cfg = load_config(str(cfg_file))
+    if ctc_only(cfg):
+        model, cfg = load_ctc_model(run_dir)
+        export_ctc_model(model, cfg, out_dir)
+        log.info("exported CTC model %s -> %s", run_dir, out_dir)
+        return out_dir
     model = build_speech_llm(cfg)
     carried = load_trained_weights(model, run_dir, cfg)
     llm_trained = any(n.startswith("llm.") and "lora_" not in n for n in carried)
@@ -111,6 +161,8 @@ def from_pretrained(out_dir: str | Path):
     model.projector.load_state_dict(load_file(str(out_dir / "projector.safetensors")), strict=True)
     if model.encoder is not None:
         model.encoder.load_state_dict(load_file(str(out_dir / "encoder.safetensors")), strict=True)
+    if model.audio_tokens is not None:
+        model.audio_tokens.load_state_dict(load_file(str(out_dir / "audio_tokens.safetensors")), strict=True)
     if cfg.model.lora.r > 0:
         from peft.utils import set_peft_model_state_dict
 

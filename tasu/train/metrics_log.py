@@ -43,11 +43,19 @@ class MetricsLogger:
         if not self.path.is_file():
             return
         kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            rec = json.loads(line)
+        for n, line in enumerate(self.path.read_text(encoding="utf-8", errors="replace").split("\n"), 1):
+            try:
+                rec = json.loads(line)
+            except ValueError:  # a line torn by a kill -9 mid-write (or blank): it is produced again
+                if line.strip():
+                    log.warning("metrics.jsonl line %d is incomplete (a crash while writing it): dropped", n)
+                continue
             if (rec["stage_index"], rec["step"]) <= (stage_index, step):
                 kept.append(line)
-        self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        # temp file + rename: a kill during this rewrite must not lose the lines before the checkpoint
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        tmp.replace(self.path)
 
     def advance_bar(self, n: int) -> None:
         if self.bar is not None:

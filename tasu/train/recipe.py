@@ -4,8 +4,10 @@
     deepspeed --num_gpus N --module tasu train CONFIG [key=value ...]
 
 Stages run in order; each starts from the weights the previous stages trained (a `carry` file), with its own
-input mode, data, freeze policy, LR and steps. The loop is step-based over an infinite stream that gives every
-rank the same number of steps. Checkpoints hold everything needed to continue bit-for-bit on CPU.
+input mode, data, freeze policy, LR and steps. A `ctc` stage trains a `CTCModel` (encoder + CTC head, no LLM)
+with the same loop; its weights carry into later SpeechLLM stages under the same names. The loop is step-based
+over an infinite stream that gives every rank the same number of steps. Checkpoints hold everything needed to
+continue bit-for-bit on CPU.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ import torch
 
 from tasu import backend
 from tasu.config.loader import dump_yaml
+from tasu.data.expansion import speech_expansion
 from tasu.data.loader import TrainStream
-from tasu.model.build import build_speech_llm
-from tasu.model.freeze import apply_freeze, log_summary
-from tasu.text.prompts import PromptBuilder, load_prompts
+from tasu.model.build import build_ctc_model, build_speech_llm
+from tasu.model.freeze import apply_freeze, encoder_top_layers_regex, log_summary
+from tasu.text.prompts import PromptBuilder
 from tasu.train import checkpoint as ckpt
-from tasu.train import faults
+from tasu.train import comm_faults, faults
 from tasu.train.engine import Engine, all_reduce_sum, barrier, build_ds_config, init_distributed
 from tasu.train.metrics_log import MetricsLogger
 
@@ -43,12 +46,29 @@ def seed_everything(seed: int) -> None:
 
 
 def build_stage_model(cfg, stage_index: int, out: Path):
-    """Fresh model + the weights trained by all earlier stages."""
-    model = build_speech_llm(cfg)
+    """Fresh model (CTCModel for a ctc stage, else SpeechLLM) + the weights trained by all earlier stages (a ctc
+    stage takes the encoder's; the others pass through its carry file unchanged)."""
+    ctc = cfg.stages[stage_index].mode == "ctc"
+    model = build_ctc_model(cfg) if ctc else build_speech_llm(cfg)
+    weights, prev = previous_weights(cfg, stage_index, out)
+    if prev is not None:
+        if ctc:
+            weights = {k: v for k, v in weights.items() if k.startswith("encoder.")}
+        ckpt.apply_weights(model, weights, prev)
+    return model
+
+
+def previous_weights(cfg, stage_index: int, out: Path) -> tuple[dict, Path | None]:
+    """What a stage starts from: the previous stage's carry file; for the first stage `train.init_from` (another
+    run's trained weights) or nothing. Returns (name -> tensor, the file read or None)."""
     if stage_index > 0:
         prev = ckpt.carry_path(out, cfg.stages[stage_index - 1].name)
-        ckpt.apply_weights(model, ckpt.load_carry(prev), prev)
-    return model
+        return ckpt.load_carry(prev), prev
+    if cfg.train.init_from:
+        from tasu.train.init_from import load_init_weights
+
+        return load_init_weights(cfg.train.init_from)
+    return {}, None
 
 
 def simulation_for(cfg, sources, ctc_tokenizer, rank: int):
@@ -74,6 +94,7 @@ def _save(engine: Engine, stream: TrainStream, out: Path, rank: int, stage_index
         ckpt.clear_incomplete(root)
     barrier()
     engine.save(root, ckpt.tmp_tag(tag))
+    faults.kill_point("kill_in_save", step)  # test hook (TASU_INJECT): a crash while the checkpoint is half written
     ckpt.write_rank_state(root / ckpt.tmp_tag(tag), rank,
                           {"stage_index": stage_index, "step": step, "data": stream.state_dict()}, backend.rng_state())
     barrier()
@@ -83,8 +104,26 @@ def _save(engine: Engine, stream: TrainStream, out: Path, rank: int, stage_index
 
 
 def train(cfg) -> Path:
-    """Run every stage of `cfg`; returns the output dir."""
+    """Run every stage of `cfg`; returns the output dir. A collective that fails because a peer rank died or hung
+    raises `RankLostError` naming the lost rank (see `tasu.train.comm_faults`)."""
+    try:
+        return _train(cfg)
+    except Exception as e:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            rank, world = dist.get_rank(), dist.get_world_size()
+        else:
+            rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        lost = comm_faults.rank_lost_error(e, rank, world, cfg.train.timeout_minutes)
+        if lost is None:
+            raise
+        raise lost from e
+
+
+def _train(cfg) -> Path:
     rank, local_rank, world = init_distributed(cfg.train.timeout_minutes)
+    comm_faults.start_heartbeat(rank, world)  # lets survivors tell which rank was lost (multi-rank runs)
     out = Path(cfg.output_dir)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -107,24 +146,28 @@ def train(cfg) -> Path:
             continue
         seed_everything(t_cfg.seed + 1000 * si)
         model = build_stage_model(cfg, si, out)
-        summary = apply_freeze(model, stage.trainable, stage.trainable_regex, stage.frozen_regex)
+        top = encoder_top_layers_regex(model, stage.encoder_top_layers)
+        summary = apply_freeze(model, stage.trainable, stage.trainable_regex + top, stage.frozen_regex)
         if rank == 0:
             log_summary(summary, stage.name)
-        ds_config = build_ds_config(t_cfg, cfg.data.batch_size, world, mixed_graphs=stage.mode != "simulated")
+        ds_config = build_ds_config(t_cfg, cfg.data.batch_size, world,
+                                    mixed_graphs=stage.mode not in ("simulated", "ctc"))
         if rank == 0:
             import json
 
             (out / f"ds_config.{stage.name}.json").write_text(json.dumps(ds_config, indent=2), encoding="utf-8")
         lr = stage.lr if stage.lr is not None else t_cfg.lr
         warmup = stage.warmup_steps if stage.warmup_steps is not None else t_cfg.warmup_steps
-        engine = Engine(model, t_cfg, ds_config, lr, warmup, steps)
+        group_lrs = {"encoder": stage.encoder_lr} if stage.encoder_lr is not None else None
+        engine = Engine(model, t_cfg, ds_config, lr, warmup, steps, group_lrs)
         speech = engine.module
-        speech.uniform_graph = engine.zero_stage == 3 and stage.mode != "simulated"
-        prompt_builder = PromptBuilder(speech.llm_tokenizer, load_prompts(cfg.prompts.file), cfg.prompts.system)
+        speech.uniform_graph = engine.zero_stage == 3 and stage.mode not in ("simulated", "ctc")
+        prompt_builder = None if stage.mode == "ctc" else PromptBuilder.from_config(cfg.prompts, speech.llm_tokenizer)
         sources = stage.train_data or cfg.data.train
         sim_cfg = simulation_for(cfg, sources, speech.ctc_tokenizer, rank)
         stream = TrainStream(cfg.data, sources, stage.mode, speech.ctc_tokenizer, prompt_builder, sim_cfg,
-                             rank=rank, world_size=world, seed=t_cfg.seed + 1000 * si)
+                             rank=rank, world_size=world, seed=t_cfg.seed + 1000 * si,
+                             expansion=speech_expansion(speech, stage.mode, cfg.data))
         step = 0
         if resume is not None and si == resume.stage_index:
             engine.load(resume.root, resume.tag)
@@ -178,10 +221,9 @@ def train(cfg) -> Path:
             metrics.log(rec, global_step)
             if (t_cfg.save_every and step % t_cfg.save_every == 0) or step == steps:
                 _save(engine, stream, out, rank, si, step, t_cfg.keep_last)
-        carried = set()
-        if si > 0:
-            carried = set(ckpt.load_carry(ckpt.carry_path(out, cfg.stages[si - 1].name)))
-        full = engine.gathered_state_dict(trained | carried)
+        prev, _ = previous_weights(cfg, si, out)
+        # weights this stage's model lacks (a ctc stage has no projector / LLM) pass through unchanged
+        full = {**prev, **engine.gathered_state_dict(trained | set(prev))}
         if rank == 0:
             ckpt.save_carry(ckpt.carry_path(out, stage.name), full)
         barrier()
@@ -212,5 +254,11 @@ def configure_logging(rank: int) -> None:
 
 def run_from_cli(cfg) -> int:
     configure_logging(int(os.environ.get("RANK", "0")))
-    train(cfg)
+    try:
+        train(cfg)
+    except comm_faults.RankLostError as e:
+        log.error("%s", e)
+        logging.shutdown()
+        # no interpreter teardown: destroying a process group whose peer is gone can abort or block
+        os._exit(comm_faults.EXIT_RANK_LOST)
     return 0

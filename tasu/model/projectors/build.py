@@ -38,9 +38,10 @@ def build_projector(cfg: ProjectorConfig, in_dim: int, llm_hidden: int, input_ki
                 init_linear_silu_to_embeddings(proj, llm_embedding.weight.detach(), ctc_to_llm_ids)
             return proj
         if cfg.type == "linear":
-            return StackLinearProjector(in_dim, cfg.hidden, llm_hidden, cfg.stack, input_kind)
+            return StackLinearProjector(in_dim, cfg.hidden, llm_hidden, cfg.stack, input_kind,
+                                        cfg.activation or "relu")
         if cfg.type == "conv1d":
-            return Conv1dProjector(in_dim, cfg.hidden, llm_hidden, cfg.stack, input_kind)
+            return Conv1dProjector(in_dim, cfg.hidden, llm_hidden, cfg.stack, input_kind, cfg.activation or "gelu")
         if cfg.type == "qformer":
             return QFormerProjector(in_dim, cfg.hidden, llm_hidden, cfg.num_queries, cfg.num_layers, cfg.num_heads,
                                     input_kind)

@@ -1,7 +1,8 @@
 """Frame-wise MLP projectors: linear-silu (TASU's), linear with frame stacking (SLAM style), conv1d.
 
 All three accept dense or sparse posteriors, or encoder features; on sparse (CPS) posteriors the first layer runs
-through `tasu.align.sim_project`, so [B, T, V] is never built.
+through `tasu.align.sim_project`, so [B, T, V] is never built. `linear` and `conv1d` take their hidden activation
+by name (`model.projector.activation`): `linear` with gelu and stack 1 is LLaVA's / LLaSO's mlp2x_gelu.
 """
 
 from __future__ import annotations
@@ -14,9 +15,17 @@ from tasu.model.encoders.base import length_mask
 from tasu.model.projectors.base import FrameInput, Projector
 from tasu.types import Posteriors
 
+ACTIVATION_FNS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
+
 
 def _ceil_div(x, k: int):
     return (x + k - 1) // k
+
+
+def _activation(name: str):
+    if name not in ACTIVATION_FNS:
+        raise ValueError(f"unknown projector activation '{name}' {tuple(ACTIVATION_FNS)}")
+    return ACTIVATION_FNS[name]
 
 
 class LinearSiLUProjector(Projector):
@@ -63,11 +72,15 @@ class _TapProjector(Projector):
 
 
 class StackLinearProjector(_TapProjector):
-    """SLAM-ASR style: concat k consecutive frames (tail padded with zeros) -> Linear(k*in, hidden) -> ReLU ->
-    Linear(hidden, H); lengths = ceil(len / k). `fc1.weight[:, j*in:(j+1)*in]` acts on frame j of each group."""
+    """SLAM-ASR style: concat k consecutive frames (tail padded with zeros) -> Linear(k*in, hidden) -> act (ReLU by
+    default) -> Linear(hidden, H); lengths = ceil(len / k). `fc1.weight[:, j*in:(j+1)*in]` acts on frame j of each
+    group."""
 
-    def __init__(self, in_dim: int, hidden: int, out_dim: int, stack: int = 1, input_kind: str = "posteriors"):
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, stack: int = 1, input_kind: str = "posteriors",
+                 activation: str = "relu"):
         super().__init__(in_dim, out_dim, input_kind, stack, taps=stack, left=0)
+        self.activation = activation
+        self.act = _activation(activation)
         self.fc1 = nn.Linear(stack * in_dim, hidden)
         self.fc2 = nn.Linear(hidden, out_dim)
 
@@ -77,17 +90,20 @@ class StackLinearProjector(_TapProjector):
     def forward(self, post: Posteriors) -> tuple[Tensor, Tensor]:
         x = self.frames(post)
         lengths = self.output_lengths(post.lengths)
-        h = F.relu(self.first_layer(x, self.fc1.bias))
+        h = self.act(self.first_layer(x, self.fc1.bias))
         out = self.fc2(h)                                                    # [B, T', H]
         return out.masked_fill(~length_mask(lengths, out.shape[1]).unsqueeze(-1), 0.0), lengths
 
 
 class Conv1dProjector(_TapProjector):
-    """Conv1d(in, hidden, kernel k + 2, stride k, padding 1) -> GELU -> Linear(hidden, H); T' = ceil(T / k).
-    Each output frame sees its own k frames plus one neighbour on each side."""
+    """Conv1d(in, hidden, kernel k + 2, stride k, padding 1) -> act (GELU by default) -> Linear(hidden, H);
+    T' = ceil(T / k). Each output frame sees its own k frames plus one neighbour on each side."""
 
-    def __init__(self, in_dim: int, hidden: int, out_dim: int, stack: int = 1, input_kind: str = "posteriors"):
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, stack: int = 1, input_kind: str = "posteriors",
+                 activation: str = "gelu"):
         super().__init__(in_dim, out_dim, input_kind, stack, taps=stack + 2, left=1)
+        self.activation = activation
+        self.act = _activation(activation)
         self.conv = nn.Conv1d(in_dim, hidden, kernel_size=stack + 2, stride=stack, padding=1)
         self.out = nn.Linear(hidden, out_dim)
 
@@ -97,5 +113,5 @@ class Conv1dProjector(_TapProjector):
     def forward(self, post: Posteriors) -> tuple[Tensor, Tensor]:
         x = self.frames(post)
         lengths = self.output_lengths(post.lengths)
-        out = self.out(F.gelu(self.first_layer(x, self.conv.bias)))
+        out = self.out(self.act(self.first_layer(x, self.conv.bias)))
         return out.masked_fill(~length_mask(lengths, out.shape[1]).unsqueeze(-1), 0.0), lengths

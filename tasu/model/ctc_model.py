@@ -1,0 +1,86 @@
+"""CTCModel: a CTC speech encoder trained (or evaluated) on its own, with no LLM: the `ctc` stage mode.
+
+It keeps SpeechLLM's training contract, `forward(batch, mode) -> (loss, n)`, so the one recipe trains both, and
+SpeechLLM's parameter layout (`encoder.encoder.*` body, `encoder.ctc_head.*` head), so the weights a ctc stage
+trains carry into a later posterior / lego / features stage unchanged, and freezing groups (`encoder`,
+`ctc_head`) mean the same thing in both.
+
+    feats [B, F, M] -> encoder -> log-probs [B, T, V] -> CTC loss against ctc_targets (unit ids, no blanks)
+
+The CTC vocabulary is `ctc_tokenizer` (blank id 0): the same object the CPS simulator of later stages uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from tasu.types import Posteriors, SpeechBatch
+
+
+def ctc_loss(post: Posteriors, targets: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Mean over the batch of each row's CTC loss divided by its target length (torch's reduction="mean"),
+    from dense log-probs [B, T, V] in fp32. Rows whose targets cannot be aligned in T frames add 0
+    (zero_infinity), so one too-short clip cannot turn the step into inf."""
+    if post.log_probs is None:
+        raise ValueError("ctc_loss needs dense log-probs (Posteriors.log_probs)")
+    if len(targets) != post.batch_size or any(len(t) == 0 for t in targets):
+        raise ValueError(f"ctc_loss needs one non-empty target per row: {post.batch_size} rows, target lengths "
+                         f"{[len(t) for t in targets][:8]}")
+    dev = post.lengths.device
+    flat = torch.tensor([u for t in targets for u in t], dtype=torch.long, device=dev)
+    tlen = torch.tensor([len(t) for t in targets], dtype=torch.long, device=dev)
+    lp = post.log_probs.float().transpose(0, 1)                     # [T, B, V]
+    return nn.functional.ctc_loss(lp, flat, post.lengths, tlen, blank=post.blank_id, reduction="mean",
+                                  zero_infinity=True)
+
+
+class CTCModel(nn.Module):
+    """`encoder` (a CTCEncoder: body `encoder.encoder`, head `encoder.ctc_head`) + its CTC tokenizer."""
+
+    def __init__(self, encoder: nn.Module, ctc_tokenizer):
+        super().__init__()
+        if encoder is None:
+            raise ValueError("a ctc stage needs an encoder (model.encoder.type is 'none')")
+        if encoder.vocab_size != ctc_tokenizer.vocab_size:
+            raise ValueError(f"CTC head predicts {encoder.vocab_size} classes but the CTC tokenizer has "
+                             f"{ctc_tokenizer.vocab_size} (blank included)")
+        self.encoder = encoder
+        self.ctc_tokenizer = ctc_tokenizer
+        # the recipe sets this for ZeRO-3 stages of SpeechLLM; every ctc batch runs the same graph, so it is unused
+        self.uniform_graph = False
+
+    def posteriors(self, batch: SpeechBatch) -> Posteriors:
+        """Dense CTC posteriors [B, T, V] of an audio batch (log-softmax in fp32)."""
+        if batch.feats is None:
+            raise ValueError(f"ctc mode needs acoustic features; got a text-only batch (keys {batch.keys[:3]})")
+        p = next(self.encoder.parameters())
+        return self.encoder.posteriors(batch.feats.to(p.dtype), batch.feat_lengths)
+
+    def forward(self, batch: SpeechBatch, mode: str = "ctc") -> tuple[torch.Tensor, int]:
+        """Mean CTC loss per target unit, and the number of target units in the batch."""
+        if mode != "ctc":
+            raise ValueError(f"CTCModel trains in ctc mode only, got mode '{mode}' (text-only data in a ctc stage?)")
+        if batch.ctc_targets is None:
+            raise ValueError(f"ctc mode needs ctc_targets (a GT transcript per sample); batch keys {batch.keys[:3]}")
+        post = self.posteriors(batch)
+        return ctc_loss(post, batch.ctc_targets), sum(len(t) for t in batch.ctc_targets)
+
+    @torch.no_grad()
+    def decode(self, batch: SpeechBatch, beam: int = 1, prune_top_k: int | None = None) -> list[str]:
+        """Transcripts: greedy (beam 1) or CTC prefix beam search, mapped to text by the CTC tokenizer."""
+        from tasu.eval.ctc_decode import greedy_decode, prefix_beam_search
+
+        post = self.posteriors(batch)
+        if beam == 1:
+            ids = greedy_decode(post.log_probs, post.lengths, post.blank_id)
+        else:
+            ids = prefix_beam_search(post.log_probs, post.lengths, beam, post.blank_id, prune_top_k)
+        return [self.ctc_tokenizer.decode(row) for row in ids]
+
+
+def ctc_only(cfg) -> bool:
+    """True when every stage of the config is a ctc stage: the run's model is a CTCModel (no LLM is built)."""
+    return all(s.mode == "ctc" for s in cfg.stages)
