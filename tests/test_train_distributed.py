@@ -68,3 +68,13 @@ def test_launcher_returns_nonzero_on_config_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "tasu", "--local_rank=0", "train", "tiny", "train.zero_stage=9"],
                        env=base_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "train.zero_stage" in r.stderr
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
+def test_torchrun_launch(tmp_path):
+    d = tmp_path / "tr"
+    cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "tasu", "train", "tiny",
+           f"output_dir={d}", "train.max_steps=8", "train.zero_stage=2", "train.export_at_end=false"]
+    r = subprocess.run(cmd, env=base_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert [m["step"] for m in read_metrics(d)] == list(range(1, 9))
