@@ -222,6 +222,7 @@ def main(argv=None) -> int:
         "threads": args.threads, "peak_flops": peak,
         "peak_flops_method": "given" if args.peak_tflops else "measured 2048^3 fp32 matmul, same threads",
         "commit": commit(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+        "load_average_1min_at_end": os.getloadavg()[0],
         "config": {"V_ctc": V_CTC, "encoder": "whisper tiny shape (random)", "projector": "linear-silu 2048",
                    "llm_hidden": args.llm_hidden, "llm_layers": args.llm_layers, "batch": args.batch,
                    "precision": "fp32", "zero_stage": 0, "steps": args.steps, "warmup": args.warmup,
