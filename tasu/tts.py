@@ -177,3 +177,35 @@ def build_corpus(sentences: list[str], voices: list[str], out_dir: str | Path, t
             log.info("tts: voice %d/%d (%s) done: %d clips", vi + 1, len(voices), voice, len(chosen))
     tmp.replace(manifest)
     return manifest
+
+
+def perturb_corpus(manifest: str | Path, out_dir: str | Path, pitch_cents: tuple[float, float] = (-400.0, 400.0),
+                   reverb_prob: float = 0.5, seed: int = 0, resume: bool = True) -> Path:
+    """A perturbed copy of every clip of a `build_corpus` manifest (new "speakers" from the same voices, no new
+    synthesis): sox `pitch` by a seeded uniform shift in `pitch_cents` (duration kept), then with probability
+    `reverb_prob` a `reverb` of seeded reverberance in [10, 50] %. Writes `out_dir/manifest.jsonl` (keys get a
+    `-p` suffix; records gain `pitch_cents` and `reverb`)."""
+    import soundfile as sf
+
+    manifest, out_dir = Path(manifest), Path(out_dir)
+    (out_dir / "wav").mkdir(parents=True, exist_ok=True)
+    recs = [json.loads(ln) for ln in manifest.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    out = out_dir / "manifest.jsonl"
+    tmp = out.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in recs:
+            rng = random.Random(f"{seed}/{r['key']}")
+            cents = rng.uniform(*pitch_cents)
+            reverb = rng.uniform(10.0, 50.0) if rng.random() < reverb_prob else 0.0
+            key = f"{r['key']}-p"
+            rel = f"wav/{key}.wav"
+            wav = out_dir / rel
+            if not (resume and wav.is_file() and wav.stat().st_size > 44):
+                effects = ["pitch", f"{cents:.0f}"] + (["reverb", f"{reverb:.0f}"] if reverb else [])
+                _run(["sox", str(manifest.parent / r["path"]), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16",
+                      str(wav), *effects], "sox")
+            info = sf.info(str(wav))
+            f.write(json.dumps({**r, "key": key, "path": rel, "pitch_cents": round(cents), "reverb": round(reverb),
+                                "sample_rate": info.samplerate, "num_samples": info.frames}) + "\n")
+    tmp.replace(out)
+    return out

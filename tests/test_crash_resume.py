@@ -85,35 +85,48 @@ def test_every_kill_point_of_a_save(tmp_path, reference_12, point, resumed_from)
 
 @pytest.mark.slow
 def test_repeated_kill9_at_random_steps_then_resume_gives_the_uninterrupted_losses(tmp_path):
-    steps, save_every, kills = 60, 4, 6
+    """Each kill lands at a random step, or (every other kill, at random) the moment a checkpoint's tmp-* folder
+    appears, i.e. while the save is being written."""
+    steps, save_every, kills = 80, 4, 8
     seed = int(os.environ.get("TASU_CRASH_SEED", "11"))
     rng = random.Random(seed)
     ref = tmp_path / "ref"
     run_tasu(_args(ref, steps, save_every))
     out = tmp_path / "run"
+    ckpts = out / "checkpoints"
     log = []
     for k in range(kills):
         before = logged_steps(out)  # lines already there (the new process first cuts them back to its checkpoint)
-        resumed = ckpt.find_resume("auto", out / "checkpoints")
+        resumed = ckpt.find_resume("auto", ckpts)
         t0 = time.time()
         p = start_tasu(_args(out, steps, save_every, "train.resume=auto"))
         # a step past everything logged so far, leaving room for the later kills
         span = max(1, (steps - 1 - before) // (kills - k + 1))
         target = rng.randint(before + 1, before + span)
         wait_for_step(out, target, [p])
-        time.sleep(rng.uniform(0.0, 0.12))  # land anywhere inside a step, sometimes inside a save
+        aim = rng.choice(["step", "save"])
+        if aim == "save":
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and p.poll() is None and not _tmp_since(ckpts, t0):
+                time.sleep(0.001)
+        else:
+            time.sleep(rng.uniform(0.0, 0.12))  # anywhere inside a step
         kill9(p)
-        ckpts = out / "checkpoints"
-        mid_save = ckpts.is_dir() and any(d.name.startswith("tmp-") and d.stat().st_mtime >= t0
-                                          for d in ckpts.iterdir())
-        log.append({"kill": k + 1, "resumed_from": resumed.step if resumed else 0, "killed_at_step": logged_steps(out),
-                    "mid_save": mid_save})
+        log.append({"kill": k + 1, "aim": aim, "resumed_from": resumed.step if resumed else 0,
+                    "killed_at_step": logged_steps(out), "mid_save": _tmp_since(ckpts, t0)})
     rc, output, _ = finish(start_tasu(_args(out, steps, save_every, "train.resume=auto")), timeout=600)
     assert rc == 0, output[-4000:]
     print(json.dumps({"seed": seed, "kills": log}))
     _assert_finished_like(out, losses(ref), save_every)
-    tally("kill -9 at random steps + resume", runs=1, kills=kills,
-          mid_save=sum(x["mid_save"] for x in log))
+    tally("kill -9 at random steps + resume", runs=1, kills=kills, mid_save=sum(x["mid_save"] for x in log))
+
+
+def _tmp_since(ckpts: Path, t0: float) -> bool:
+    """A checkpoint being written (a tmp-* folder) by the process started at t0."""
+    try:
+        return any(d.name.startswith("tmp-step") and d.stat().st_mtime >= t0 for d in ckpts.iterdir())
+    except FileNotFoundError:  # no checkpoints yet, or the folder vanished between listing and stat
+        return False
 
 
 def test_regression_torn_metrics_line_is_dropped_on_resume(tmp_path):

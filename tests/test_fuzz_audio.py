@@ -121,3 +121,11 @@ def test_regression_float_wav_bytes_with_nan_are_refused():
     with pytest.raises(AudioError, match="NaN") as e:
         decode_audio_bytes(buf.getvalue())
     assert e.value.reason == "corrupt_audio"
+
+
+@pytest.mark.parametrize("path", ["a\x00.wav", "x\x00.ark:5", "a" * 5000 + ".wav"], ids=["nul", "nul-ark", "long"])
+def test_regression_unopenable_paths_are_audio_errors(path):
+    """A NUL byte in a manifest's path made open() raise ValueError (found through `tasu shard`)."""
+    with pytest.raises(AudioError) as e:
+        read_audio(path)
+    assert e.value.reason == "unreadable_audio"

@@ -185,7 +185,7 @@ test_cli_config, test_cli_config_slow = fuzz_tests(30, 300, overrides=_overrides
 @pytest.mark.parametrize("override", ["train.lr=2001-13-45", "train.max_steps=0000-01-01",
                                       "train.lr=" + "9" * 400, "model.encoder.n_heads=0", "train.lr=" + "[" * 3000,
                                       "train.seed=" + "9" * 5000, "output_dir=&a [*a]", "stages=&s [{name: *s}]",
-                                      "model.ctc_tokenizer.path=" + "a" * 5000])
+                                      "model.ctc_tokenizer.path=" + "a" * 5000], ids=lambda o: o[:40])
 def test_regression_odd_values_are_config_errors(override):
     """PyYAML turns bad dates into ValueError, deep flow lists into RecursionError and `&a [*a]` into a list that
     contains itself; float(10**400) overflows; a zero head count divided by zero in a __post_init__; a path too
@@ -194,7 +194,7 @@ def test_regression_odd_values_are_config_errors(override):
         load_config("tiny", [override])
 
 
-@pytest.mark.parametrize("name", ["a" * 5000, "a" * 5000 + ".yaml", "\x00.yaml", "/no/such.yml"])
+@pytest.mark.parametrize("name", ["a" * 5000, "a" * 5000 + ".yaml", "\x00.yaml", "/no/such.yml"], ids=lambda o: o[:20])
 def test_regression_odd_config_names_are_config_errors(name):
     with pytest.raises(ConfigError):
         load_config(name)

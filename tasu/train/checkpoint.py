@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -101,15 +102,37 @@ def publish(ckpt_root: Path, tag: str, keep_last: int) -> None:
 
     step = int(TAG_RE.match(tag).group(2))
     tmp = ckpt_root / tmp_tag(tag)
+    # data on disk before the marker, marker before the rename: also a power cut (not only a kill, which keeps
+    # the page cache) cannot leave a COMPLETE checkpoint with missing bytes
+    for f in sorted(tmp.rglob("*")):
+        if f.is_file():
+            _fsync(f)
     (tmp / "COMPLETE").write_text("ok\n", encoding="utf-8")
+    _fsync(tmp / "COMPLETE")
     faults.kill_point("kill_before_rename", step)
     final = ckpt_root / tag
     if final.exists():
         _remove(final)
     tmp.rename(final)
+    _fsync(ckpt_root)  # the rename itself
     faults.kill_point("kill_before_prune", step)
     for old in complete_checkpoints(ckpt_root)[:-keep_last]:
         _remove(old.path)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk; a no-op where the platform cannot (folders on
+    Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _remove(path: Path) -> None:
