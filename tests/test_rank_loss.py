@@ -72,6 +72,7 @@ def test_three_ranks_name_the_dead_one(tmp_path, victim):
     procs = start_ranks(_args(tmp_path / "run"), world=3)
     waited = _kill_and_check(procs, victim, tmp_path / "run", 3)
     tally(f"3 ranks, rank {victim} killed", runs=1, survivors_exited=len(waited))
+    print(f"survivors exited {', '.join(f'{w:.1f}' for w in waited)} s after the kill")
 
 
 @pytest.mark.slow

@@ -81,7 +81,10 @@ def _binary_samples(f, spec: str) -> np.ndarray:
     if n < 0:
         raise ArkError(f"{spec}: negative Kaldi dimension", corrupt=True)
     width = np.dtype(dtypes[token]).itemsize
-    x = np.frombuffer(_read_exact(f, n * width, spec), dtype=dtypes[token]).astype(np.float32)
+    x = np.frombuffer(_read_exact(f, n * width, spec), dtype=dtypes[token])
+    if not np.isfinite(x).all() or (x.size and float(np.abs(x).max()) > 1e30):  # garbage, not int16-scale audio
+        raise ArkError(f"{spec}: Kaldi vector holds non-finite or absurdly large samples", corrupt=True)
+    x = x.astype(np.float32)
     if x.size and float(np.abs(x).max()) > 1.0:
         x = x / 32768.0  # Kaldi keeps waveforms at int16 scale
     return x

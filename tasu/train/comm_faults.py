@@ -22,14 +22,11 @@ interpreter's normal teardown: destroying a process group whose peer is gone can
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import threading
 import time
 from datetime import timedelta
-
-log = logging.getLogger("tasu.train")
 
 EXIT_RANK_LOST = 3
 HEARTBEAT_S = 1.0  # beat period
@@ -66,7 +63,7 @@ def start_heartbeat(rank: int, world: int) -> None:
     """Start this rank's heartbeat thread (multi-rank runs; idempotent; best effort: a store that cannot be
     reached only means a lost rank is named less precisely)."""
     global _heartbeat
-    if world < 2 or _heartbeat is not None:
+    if world < 2 or (_heartbeat is not None and _heartbeat.is_alive()):
         return
 
     def beat() -> None:
