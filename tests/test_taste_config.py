@@ -34,6 +34,11 @@ def test_defaults_follow_the_paper_and_are_documented():
     ({"text_loss_weight": -1.0}, "text_loss_weight"),
     ({"text_loss_weight": 0.0, "speech_loss_weight": 0.0}, "speech_loss_weight"),
     ({"dropout": 1.0}, "dropout"),
+    ({"unit_source": "hubert"}, "unit_source"),
+    ({"unit_fit_max_frames": 10, "unit_vocab": 20}, "unit_fit_max_frames"),
+    ({"freq_shifts_hz": []}, "freq_shifts_hz"),
+    ({"freq_shifts_hz": [0.0, 0.0]}, "freq_shifts_hz"),
+    ({"selection_candidates": 1}, "selection_candidates"),
 ])
 def test_bad_values_name_the_key(kw, culprit):
     with pytest.raises(ConfigError, match=rf"'taste\.{culprit}'"):

@@ -11,11 +11,11 @@ from tasu.config.loader import resolve_path
 from tasu.data.config import DataConfig, SourceConfig
 from tasu.kernels.config import KernelsConfig
 from tasu.model.config import ModelConfig
-from tasu.taste.config import TasteConfig
+from tasu.taste.config import TASLM_GROUPS, TASTE_MODES, TOKENIZER_GROUPS, TasteConfig
 
-MODES = ("simulated", "posterior", "lego", "features", "ctc")
+MODES = ("simulated", "posterior", "lego", "features", "ctc") + TASTE_MODES
 CTC_GROUPS = ("encoder", "ctc_head")  # what a ctc stage (CTCModel: no projector, no LLM) can train
-GROUPS = ("encoder", "ctc_head", "projector", "llm", "lora", "audio_tokens")
+GROUPS = ("encoder", "ctc_head", "projector", "llm", "lora", "audio_tokens", *TOKENIZER_GROUPS, "speech_lm")
 
 
 @dataclass
@@ -51,6 +51,11 @@ class StageConfig:
             check(set(self.trainable) <= set(CTC_GROUPS), f"stages[{self.name}].trainable",
                   f"a ctc stage trains {CTC_GROUPS} only (no projector or LLM is built), got {self.trainable}: "
                   "e.g. [ctc_head] (frozen encoder) or [encoder, ctc_head] (full fine-tuning)")
+        if self.mode in TASTE_MODES:  # TASTE stages (tasu.taste.recipe): the encoder is frozen
+            allowed = TASLM_GROUPS if self.mode == "taslm" else ("unit_decoder",) if self.mode == "taste_text" \
+                else TOKENIZER_GROUPS
+            check(set(self.trainable) <= set(allowed), f"stages[{self.name}].trainable",
+                  f"a {self.mode} stage trains {allowed} only, got {self.trainable}")
 
 
 @dataclass
@@ -156,6 +161,9 @@ class Config:
         check(len(self.stages) > 0, "stages", "at least one stage is needed")
         names = [s.name for s in self.stages]
         check(len(set(names)) == len(names), "stages", f"stage names must be unique, got {names}")
+        taste = [s.mode in TASTE_MODES for s in self.stages]
+        check(all(taste) or not any(taste), "stages", f"TASTE stages {TASTE_MODES} cannot be mixed with SpeechLLM "
+              f"stages in one run, got {[s.mode for s in self.stages]}")
         for s in self.stages:
             if s.mode != "simulated":
                 check(self.model.encoder.type != "none", "model.encoder.type",
@@ -163,7 +171,7 @@ class Config:
             if s.mode == "lego":
                 check(self.model.projector.type == "lego", "model.projector.type",
                       f"stage '{s.name}' is in lego mode: the projector must be 'lego'")
-            if s.mode == "ctc":
+            if s.mode == "ctc" or s.mode in TASTE_MODES:
                 check(self.data.n_mels == self.model.encoder.n_mels, "data.n_mels",
                       f"is {self.data.n_mels} but model.encoder.n_mels is {self.model.encoder.n_mels} (stage "
                       f"'{s.name}' feeds the data's features to the encoder)")
@@ -197,6 +205,7 @@ class Config:
         need("prompts.file", self.prompts.file)
         need("train.ds_config", self.train.ds_config)
         need("train.init_from", self.train.init_from, "path")
+        need("taste.units_path", self.taste.units_path)
         for i, s in enumerate(self.stages):
             for j, src in enumerate(s.train_data):
                 _check_source(f"stages.{i}.train_data.{j}.path", src.path)

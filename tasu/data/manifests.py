@@ -190,7 +190,9 @@ def parse_record(obj, file: str, line: int, default_task: str = "ASR") -> Record
     """One decoded JSON value -> Record or BadRecord (format detected from its fields)."""
     if not isinstance(obj, dict):
         return BadRecord(file, line, None, "not_an_object", f"expected a JSON object, got {type(obj).__name__}")
-    if "conversations" in obj or "voice" in obj:
+    # a ps-slm record may carry a `voice` field of its own (the TTS voice of tasu.tts manifests): with a `path` and
+    # no `conversations` it is not LLaSO
+    if "conversations" in obj or ("voice" in obj and "path" not in obj):
         rec = _llaso_record(obj, file, line, default_task)
     elif "text" in obj and "path" not in obj:
         rec = _text_record(obj, file, line, default_task)

@@ -7,13 +7,14 @@ import logging
 
 import torch
 
+from tasu.kernels import configure as configure_kernels
 from tasu.model.audio_tokens import AudioTokens, add_audio_tokens
 from tasu.model.ctc_model import CTCModel
 from tasu.model.encoders.build import build_encoder
 from tasu.model.llm import apply_lora, load_llm
 from tasu.model.projectors import build_projector
 from tasu.model.speech_llm import SpeechLLM
-from tasu.text.ctc_tokenizer import CTCTokenizer, HFCTCTokenizer, build_ctc_tokenizer
+from tasu.text.ctc_tokenizer import LLM_TOKENIZER_TYPES, CTCTokenizer, build_ctc_tokenizer
 
 log = logging.getLogger("tasu.model")
 
@@ -21,7 +22,7 @@ log = logging.getLogger("tasu.model")
 def ctc_to_llm_ids(ctc_tok: CTCTokenizer, llm_tok) -> list[int]:
     """LLM token id for each CTC unit (ids 1..V-1): exact for an LLM-derived CTC vocabulary; otherwise the first
     LLM token of the unit's surface text (used for `init: embedding` and LegoSLM)."""
-    if isinstance(ctc_tok, HFCTCTokenizer) and ctc_tok.hf is llm_tok:
+    if getattr(ctc_tok, "hf", None) is llm_tok and hasattr(ctc_tok, "hf_ids"):   # hf / llm / llm-units
         return list(ctc_tok.hf_ids)
     out = []
     for unit in ctc_tok.units:
@@ -35,7 +36,9 @@ def projector_input_kind(cfg) -> str:
 
 
 def build_speech_llm(cfg, seed: int | None = None) -> SpeechLLM:
-    """The full model for a tasu `Config` (weights: LLM pretrained/tiny, encoder and projector fresh)."""
+    """The full model for a tasu `Config` (weights: LLM pretrained/tiny, encoder and projector fresh). Also sets the
+    process-wide fused-kernel selection (`kernels.impl`) that the model's forward uses."""
+    configure_kernels(cfg.kernels)
     seed = cfg.train.seed if seed is None else seed
     m = cfg.model
     llm, llm_tok = load_llm(m.llm, seed)
@@ -65,11 +68,12 @@ def build_speech_llm(cfg, seed: int | None = None) -> SpeechLLM:
 def build_ctc_model(cfg, seed: int | None = None) -> CTCModel:
     """Encoder + CTC head over the configured CTC tokenizer, without an LLM (ctc stages). With
     `model.ctc_tokenizer.type: llm` only the LLM's tokenizer is loaded (for an HF LLM) so the vocabulary matches
-    the one a later SpeechLLM stage builds."""
+    the one a later SpeechLLM stage builds. Sets the fused-kernel selection (`kernels.impl`) like build_speech_llm."""
+    configure_kernels(cfg.kernels)
     seed = cfg.train.seed if seed is None else seed
     m = cfg.model
     llm_tok = None
-    if m.ctc_tokenizer.type == "llm":
+    if m.ctc_tokenizer.type in LLM_TOKENIZER_TYPES:
         if m.llm.type == "hf":
             from transformers import AutoTokenizer
 

@@ -11,6 +11,13 @@ from dataclasses import dataclass
 
 from tasu.config.fields import check, doc_field
 
+#: Stage modes of a TASTE run (`stages[*].mode`), in the paper's order: the unit decoder from text alone, then with
+#: the aggregator's continuous speech vectors, then with them quantised by the RVQ (the full tokenizer); then the
+#: joint text/speech LM over the tokenizer's codes.
+TASTE_MODES = ("taste_text", "taste_novq", "taste_vq", "taslm")
+TOKENIZER_GROUPS = ("aggregator", "unit_decoder")  # what a taste_* stage can train (RVQ codebooks are EMA buffers)
+TASLM_GROUPS = ("llm", "lora", "speech_lm")  # what a taslm stage can train (speech_lm: speech embedding + heads)
+
 
 @dataclass
 class TasteConfig:
@@ -40,6 +47,20 @@ class TasteConfig:
     # unit decoder
     unit_vocab: int = doc_field(500, "number of discrete speech units (k of the unit k-means)")
     unit_kmeans_iters: int = doc_field(20, "Lloyd iterations of the unit k-means")
+    unit_source: str = doc_field("encoder", "what the unit k-means clusters: encoder (hidden state taste.unit_layer: "
+                                            "HuBERT-style units of a trained encoder) | features (the input log-mel "
+                                            "frames stacked to the encoder's frame rate: HuBERT's first-iteration "
+                                            "targets; the choice for a random-weight encoder, whose states mostly "
+                                            "encode the frame position)")
+    unit_layer: int = doc_field(-1, "encoder hidden-state index whose frames are clustered into units (-1 = last; "
+                                    "unit_source=encoder)")
+    units_path: str | None = doc_field(None, "unit centroids written by `tasu units fit` (safetensors); None: "
+                                             "fitted on the training audio at the start of the run")
+    unit_fit_max_frames: int = doc_field(200000, "at most this many encoder frames feed the unit k-means")
+    freq_shifts_hz: list[float] = doc_field(None, "every clip is used once per value: all its frequencies moved by "
+                                                  "this many Hz (single sideband, length kept), a voice variation "
+                                                  "neither the transcript nor the duration reveals",
+                                            factory=lambda: [0.0])
     decoder_layers: int = doc_field(2, "unit decoder: layers of the text/speech memory encoder and of the unit decoder")
     align_prior_width: float = doc_field(1.0, "unit decoder: width (in text tokens) of the diagonal attention "
                                               "prior; 0 = off")
@@ -50,6 +71,7 @@ class TasteConfig:
     delay: int = doc_field(1, "TASLM: speech codes are shifted this many text positions to the right")
     text_loss_weight: float = doc_field(1.0, "TASLM: weight of the text cross-entropy")
     speech_loss_weight: float = doc_field(1.0, "TASLM: weight of the mean per-codebook speech cross-entropy")
+    selection_candidates: int = doc_field(2, "TASLM eval: candidates per next-speech selection item (1 true)")
 
     def __post_init__(self) -> None:
         for name in ("codebooks", "dim", "aggregator_layers", "heads", "decoder_layers"):
@@ -65,6 +87,14 @@ class TasteConfig:
         check(self.kmeans_init_vectors >= 0, "taste.kmeans_init_vectors",
               f"must be >= 0, got {self.kmeans_init_vectors}")
         check(self.unit_kmeans_iters >= 1, "taste.unit_kmeans_iters", f"must be >= 1, got {self.unit_kmeans_iters}")
+        check(self.unit_source in ("encoder", "features"), "taste.unit_source",
+              f"must be encoder or features, got {self.unit_source!r}")
+        check(self.unit_fit_max_frames >= self.unit_vocab, "taste.unit_fit_max_frames",
+              f"must be >= taste.unit_vocab ({self.unit_vocab}), got {self.unit_fit_max_frames}")
+        check(len(self.freq_shifts_hz) > 0 and len(set(self.freq_shifts_hz)) == len(self.freq_shifts_hz),
+              "taste.freq_shifts_hz", f"must be a non-empty list of distinct values, got {self.freq_shifts_hz}")
+        check(self.selection_candidates >= 2, "taste.selection_candidates",
+              f"must be >= 2, got {self.selection_candidates}")
         check(self.dead_code_threshold >= 0.0, "taste.dead_code_threshold",
               f"must be >= 0, got {self.dead_code_threshold}")
         check(0.0 <= self.quantizer_dropout <= 1.0, "taste.quantizer_dropout",

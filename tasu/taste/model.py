@@ -5,6 +5,11 @@
     rvq(z)                           -> q [B, L, D], codes [B, L, N]     (the TASTE speech tokens)
     unit_decoder(text, q, speaker)   -> unit logits [B, T_units, U]
     loss = CE(units) + commit + taste.length_loss_weight * length MSE
+
+`mode` picks what the unit decoder receives as speech, TASTE's three tokenizer sub-stages:
+    "text"  zeros: a text-only unit decoder (the aggregator and the RVQ are not run)
+    "novq"  z itself: continuous speech vectors, no quantisation (no commitment loss)
+    "vq"    q: the full tokenizer
 """
 
 from __future__ import annotations
@@ -21,17 +26,20 @@ from tasu.taste.rvq import ResidualVQ, RVQOutput
 from tasu.taste.taslm import PAD_CODE
 from tasu.taste.unit_decoder import UnitDecoder
 
+MODES = ("text", "novq", "vq")
+
 
 @dataclass
 class TasteOutput:
-    """loss (what to backpropagate) and its parts, unit logits [B, T, U], and the RVQ output (codes [B, L, N])."""
+    """loss (what to backpropagate) and its parts, unit logits [B, T, U], and the RVQ output (codes [B, L, N];
+    None unless mode is "vq")."""
 
     loss: Tensor
     unit_loss: Tensor
     commit_loss: Tensor
     length_loss: Tensor
     logits: Tensor
-    rvq: RVQOutput
+    rvq: RVQOutput | None
 
 
 class TasteAutoencoder(nn.Module):
@@ -48,16 +56,24 @@ class TasteAutoencoder(nn.Module):
 
     def forward(self, text_ids: Tensor, text_lengths: Tensor, keys: Tensor, values: Tensor, frame_lengths: Tensor,
                 units: Tensor, unit_lengths: Tensor, word_ids: Tensor | None = None,
-                speaker: Tensor | None = None) -> TasteOutput:
-        """text_ids [B, L], keys/values [B, T, D_enc/D_val], units [B, T_units] long; lengths [B] each."""
-        z = self.aggregator(text_ids, text_lengths, keys, values, frame_lengths, word_ids)       # [B, L, D]
-        mask = lengths_to_mask(text_lengths, text_ids.shape[1], "text_lengths")
-        rvq = self.rvq(z, mask)
-        out = self.unit_decoder(text_ids, text_lengths, rvq.quantized, unit_lengths, speaker,
-                                max_units=units.shape[1])
+                speaker: Tensor | None = None, mode: str = "vq") -> TasteOutput:
+        """text_ids [B, L], keys/values [B, T, D_enc/D_val], units [B, T_units] long; lengths [B] each;
+        mode: text | novq | vq (see the module doc)."""
+        if mode not in MODES:
+            raise ValueError(f"TasteAutoencoder: unknown mode {mode!r} {MODES}")
+        rvq = None
+        if mode == "text":
+            speech = torch.zeros(*text_ids.shape, self.cfg.dim, device=keys.device, dtype=keys.dtype)   # [B, L, D]
+        else:
+            speech = self.aggregator(text_ids, text_lengths, keys, values, frame_lengths, word_ids)    # [B, L, D]
+            if mode == "vq":
+                rvq = self.rvq(speech, lengths_to_mask(text_lengths, text_ids.shape[1], "text_lengths"))
+                speech = rvq.quantized
+        out = self.unit_decoder(text_ids, text_lengths, speech, unit_lengths, speaker, max_units=units.shape[1])
         unit_loss, length_loss = self.unit_decoder.loss(out, units, unit_lengths, text_lengths)
-        loss = unit_loss + rvq.commit_loss + self.cfg.length_loss_weight * length_loss
-        return TasteOutput(loss=loss, unit_loss=unit_loss, commit_loss=rvq.commit_loss, length_loss=length_loss,
+        commit = rvq.commit_loss if rvq is not None else unit_loss.new_zeros(())
+        loss = unit_loss + commit + self.cfg.length_loss_weight * length_loss
+        return TasteOutput(loss=loss, unit_loss=unit_loss, commit_loss=commit, length_loss=length_loss,
                            logits=out.logits, rvq=rvq)
 
     @torch.no_grad()

@@ -16,21 +16,25 @@ BLANK_ID = 0
 
 #: The default character inventory (lower-case English + space + apostrophe), as in NOTES.md §5.
 DEFAULT_CHARS = " abcdefghijklmnopqrstuvwxyz'"
+TOKENIZER_TYPES = ("char", "sentencepiece", "hf", "list", "llm", "llm-units")
+#: types whose units are the LLM's own tokens (the LLM tokenizer is needed to build them)
+LLM_TOKENIZER_TYPES = ("llm", "llm-units")
 
 
 @dataclass
 class CTCTokenizerConfig:
     """Which unit inventory the CTC head predicts and CPS simulates."""
 
-    type: str = doc_field("char", "char | sentencepiece | hf | list")
-    path: str | None = doc_field(None, "sentencepiece .model, HF tokenizer folder, or token-list file (one per line)")
+    type: str = doc_field("char", "char | sentencepiece | hf | list | llm | llm-units")
+    path: str | None = doc_field(None, "sentencepiece .model, HF tokenizer folder, token-list file (one per line), "
+                                       "or for llm-units a JSON list of the LLM's tokens to keep")
     chars: str = doc_field(DEFAULT_CHARS, "the inventory for type=char (text is lower-cased, other chars dropped)")
     lowercase: bool = doc_field(True, "lower-case text before encoding (char / list)")
 
     def __post_init__(self) -> None:
-        check(self.type in ("char", "sentencepiece", "hf", "list", "llm"), "model.ctc_tokenizer.type",
-              f"unknown tokenizer type '{self.type}' (char | sentencepiece | hf | list | llm)")
-        if self.type in ("sentencepiece", "hf", "list"):
+        check(self.type in TOKENIZER_TYPES, "model.ctc_tokenizer.type",
+              f"unknown tokenizer type '{self.type}' ({' | '.join(TOKENIZER_TYPES)})")
+        if self.type in ("sentencepiece", "hf", "list", "llm-units"):
             check(self.path is not None, "model.ctc_tokenizer.path", f"is required for type={self.type}")
         if self.type == "char":
             check(len(set(self.chars)) == len(self.chars) and len(self.chars) > 0, "model.ctc_tokenizer.chars",
@@ -180,8 +184,12 @@ def build_ctc_tokenizer(cfg: CTCTokenizerConfig, llm_tokenizer=None) -> CTCToken
         if not Path(cfg.path).exists():
             raise ConfigError(f"config key 'model.ctc_tokenizer.path': tokenizer folder not found: {cfg.path}")
         return HFCTCTokenizer(AutoTokenizer.from_pretrained(cfg.path))
+    if cfg.type in LLM_TOKENIZER_TYPES and llm_tokenizer is None:
+        raise ConfigError(f"config key 'model.ctc_tokenizer.type': '{cfg.type}' needs the LLM tokenizer")
     if cfg.type == "llm":
-        if llm_tokenizer is None:
-            raise ConfigError("config key 'model.ctc_tokenizer.type': 'llm' needs the LLM tokenizer")
         return HFCTCTokenizer(llm_tokenizer)
+    if cfg.type == "llm-units":
+        from tasu.text.llm_units import LLMUnitTokenizer
+
+        return LLMUnitTokenizer.load(llm_tokenizer, cfg.path)
     raise ConfigError(f"config key 'model.ctc_tokenizer.type': unknown type '{cfg.type}'")

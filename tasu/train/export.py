@@ -7,7 +7,7 @@
         projector.safetensors   projector state dict
         encoder.safetensors     encoder + CTC head state dict (absent when there is no encoder)
         audio_tokens.safetensors  offsets of the audio wrapper token embeddings (when prompts.audio_bos/eos are set)
-        ctc_tokenizer/          the CTC tokenizer's files (sentencepiece model / token list), if any
+        ctc_tokenizer/          the CTC tokenizer's files (sentencepiece model / token list / LLM units), if any
 
 A run whose stages are all `ctc` (a CTCModel, no LLM) exports tasu_config.yaml, encoder.safetensors and
 ctc_tokenizer/ only; `load_ctc_model` reads such a folder, or a run dir directly.
@@ -76,7 +76,7 @@ def export_model(model, cfg, out_dir: Path, llm_trained: bool) -> None:
 
 def _copy_ctc_tokenizer(cfg, out_dir: Path) -> None:
     tok_cfg = cfg.model.ctc_tokenizer
-    if tok_cfg.path and tok_cfg.type in ("sentencepiece", "list"):
+    if tok_cfg.path and tok_cfg.type in ("sentencepiece", "list", "llm-units"):
         dst = out_dir / "ctc_tokenizer" / Path(tok_cfg.path).name
         dst.parent.mkdir(exist_ok=True)
         shutil.copy(tok_cfg.path, dst)

@@ -105,9 +105,12 @@ def _save(engine: Engine, stream: TrainStream, out: Path, rank: int, stage_index
 
 def train(cfg) -> Path:
     """Run every stage of `cfg`; returns the output dir. A collective that fails because a peer rank died or hung
-    raises `RankLostError` naming the lost rank (see `tasu.train.comm_faults`)."""
+    raises `RankLostError` naming the lost rank (see `tasu.train.comm_faults`). TASTE configs (stages in TASTE
+    modes) run `tasu.taste.recipe.train_taste`: same engine, logger and carry files, TASTE models and data."""
     try:
-        return _train(cfg)
+        from tasu.taste.recipe import is_taste_run, train_taste
+
+        return train_taste(cfg) if is_taste_run(cfg) else _train(cfg)
     except Exception as e:
         import torch.distributed as dist
 

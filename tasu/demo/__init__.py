@@ -1,0 +1,1 @@
+"""`tasu demo`: real end-to-end TASU on a CPU with registry-shipped models (see tasu/demo/run.py)."""
