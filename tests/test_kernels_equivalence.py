@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tasu.kernels import npu
+from tasu.kernels.torch_ops import psd as psd_ops
 from tasu.kernels.torch_ops.ctc_loss import ctc_loss_cuda, ctc_loss_reduced, ctc_loss_reference
 from tasu.kernels.torch_ops.posterior_embed import posterior_embed_fused, posterior_embed_reference
 from tasu.kernels.torch_ops.psd import psd_compress_reference, psd_compress_vectorised
@@ -166,6 +167,27 @@ def test_psd_rejects_bad_input():
         psd_compress_vectorised(probs, lengths, None, 0, 0.0)
 
 
+def test_psd_reads_only_the_rows_the_blank_column_cannot_decide(monkeypatch):
+    # a frame with blank prob > SURE_BLANK has the blank as argmax (its row sums to 1): its V-sized row is not read
+    probs, _, lengths = psd_inputs(7, torch.float32, t=60)
+    probs = probs.detach()
+    valid = torch.arange(60).unsqueeze(0) < lengths.unsqueeze(1)
+    undecided = valid & ~(probs[..., 0] > psd_ops.SURE_BLANK)
+    assert undecided.any() and (valid & ~undecided).any()
+    read = []
+    rows_argmax = psd_ops.rows_argmax
+    monkeypatch.setattr(psd_ops, "rows_argmax", lambda rows, idx: read.append(idx.clone()) or rows_argmax(rows, idx))
+    monkeypatch.setattr(psd_ops, "_ARGMAX_BLOCK_BYTES", 4 * 11 * 3)      # 3 rows per block: several blocks
+    p, _, n = psd_compress_vectorised(probs, lengths, None, 0, 0.9)
+    assert torch.equal(torch.cat(read), undecided.reshape(-1).nonzero().squeeze(1))
+    rp, _, rn = psd_compress_reference(probs, lengths, None, 0, 0.9)
+    assert torch.equal(n, rn) and rel_err(p, rp) <= 1e-6
+    # the undecided frames' argmax, computed block by block, is the full argmax
+    am = psd_ops.plan_argmax(probs, probs[..., 0], valid, 0)
+    assert torch.equal(am[undecided], probs.argmax(-1)[undecided])
+    assert (am[valid & ~undecided] == 0).all() and (probs.argmax(-1)[valid & ~undecided] == 0).all()
+
+
 # ---------------------------------------------------------------- posterior_embed
 def pe_inputs(seed, dtype, shape=(2, 9), v=97, h=20):
     g = torch.Generator().manual_seed(seed)
@@ -236,9 +258,17 @@ def test_ctc_matches_reference(impl, dtype, reduction):
     check_close(grads(loss, [logits], go.to(loss.dtype)), grads(ref, [x64], go.double()), dtype, "ctc grads")
 
 
-def test_ctc_concatenated_targets_blank_and_every_label_used():
-    # tiny vocabulary: the targets use every non-blank id, so the "other" class is empty
+@pytest.mark.parametrize("reduced", [True, False], ids=["reduced", "small-vocab-shortcut"])
+def test_ctc_concatenated_targets_blank_and_every_label_used(monkeypatch, reduced):
+    # tiny vocabulary: the targets use every non-blank id, so the "other" class is empty. V <= 2 + S, so the op
+    # normally runs the plain definition; forced through the reduced path the result is the same.
+    import tasu.kernels.torch_ops.ctc_loss as cl
+
     logits, targets, il, tl = ctc_inputs(14, torch.float32, v=4, s=5)
+    assert cl.plain_is_cheaper(4, tl)
+    if reduced:
+        monkeypatch.setattr(cl, "plain_is_cheaper", lambda vocab, lengths: False)
+        monkeypatch.setattr(cl, "ctc_loss_reference", None)            # the reduced path must not call it
     targets = targets.clamp(1, 3)
     flat = torch.cat([targets[i, : tl[i]] for i in range(len(tl))])
     loss = ctc_loss_reduced(logits, flat, il, tl)

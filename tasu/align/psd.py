@@ -5,7 +5,7 @@ Meaning (defined by `psd_reference`, a plain loop): for each row, over its valid
     2. each maximal run of consecutive frames with the same *non-blank* argmax becomes one frame = the mean of
        its probabilities (and of its features); frames whose argmax is blank stay one by one;
     3. every resulting frame whose (mean) blank probability is >= blank_threshold is dropped.
-The argmax is taken on `probs` when given, else on `log_probs`.
+The argmax is taken on `probs` when given, else on `log_probs` (on their exp in the kernel-op path).
 
 Output: dense `Posteriors` with `probs` [B, T', V] (the merged means), plus `log_probs` = log(merged mean
 probs) when the input had `log_probs` (computed as a segment logsumexp - log(count) straight from the input
@@ -13,10 +13,13 @@ log-probs, so tiny probabilities do not underflow), `features` [B, T', D] merged
 `lengths`. Rows are right-padded with zeros; T' = max new length, at least 1 column. A row with no frame left
 (length 0 in, or every frame dropped) gets length 0: consumers must handle empty speech.
 
-`psd_compress` is the vectorised version: no per-frame Python loop; host syncs only for sizes (segment count,
-T', boolean masks) and the input checks. Run starts -> cumsum -> segment ids -> index_add / bincount, so it
-runs on any device and autograd flows through probs, log_probs and features. Sums accumulate in at least
-float32 and the output keeps the input dtype.
+`psd_compress` is the vectorised version: no per-frame Python loop; host syncs only for sizes and the input checks.
+Without merged log-probs to produce (input without `log_probs`, or `log_probs=False`: the projectors read
+probabilities only) it runs the `psd_compress` kernel op (`tasu.kernels.get_op`, chosen by `kernels.impl`), which
+reads the [B, T] blank column first and touches the V-sized rows only of frames that can survive. With merged
+log-probs requested it runs the segment path below (run starts -> cumsum -> segment ids -> index_add / bincount
+and a segment log-sum-exp). Either way autograd flows through probs, log_probs and features, sums accumulate in
+at least float32 and the output keeps the input dtype.
 Sparse (simulated) input is accepted and densified first (O(B T V) memory).
 """
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import torch
 
+from tasu.kernels import get_op
 from tasu.types import Posteriors
 
 
@@ -45,9 +49,16 @@ def _dense_input(post: Posteriors, blank_threshold: float) -> Posteriors:
     return post
 
 
-def psd_compress(post: Posteriors, blank_threshold: float = 0.9) -> Posteriors:
-    """Vectorised PSD (see the module docstring); equals `psd_reference` to float rounding."""
+def psd_compress(post: Posteriors, blank_threshold: float = 0.9, log_probs: bool = True) -> Posteriors:
+    """Vectorised PSD (see the module docstring); equals `psd_reference` to float rounding. `log_probs=False`
+    drops the merged log-probs (the output then has probs only) and always runs the kernel op."""
     post = _dense_input(post, blank_threshold)
+    if post.log_probs is None or not log_probs:
+        probs = post.probs if post.probs is not None else post.log_probs.exp()
+        out_p, out_f, lengths = get_op("psd_compress")(probs, post.lengths, post.features, post.blank_id,
+                                                       blank_threshold)
+        return Posteriors(lengths=lengths.to(post.lengths.device), vocab_size=post.vocab_size, probs=out_p,
+                          features=out_f, blank_id=post.blank_id)
     lp = post.log_probs
     probs = post.probs if post.probs is not None else lp.exp()
     B, T, V = probs.shape

@@ -8,15 +8,18 @@ so LayerNorm(V) followed by Linear(V, D) collapses to a column gather plus per-f
     n_a = (a - mu) / sqrt(var + eps),   n_c = (c - mu) / sqrt(var + eps)
     y_j = n_j * gamma_j + beta_j                       (LayerNorm output; n_j = n_a at j = i, n_c elsewhere)
     W @ y + b = n_c * (W @ gamma) + W @ beta + b + (n_a - n_c) * gamma_i * W[:, i]
-W @ gamma and W @ beta are computed once per call (O(V * D)); each frame then costs O(D). Autograd through the
-gather (`index_select`) yields the scatter-add into grad W, so gradients to gamma, beta, W and b are exact.
-Memory: O(B*T*D + V + D) besides the weights themselves.
+W @ gamma and W @ beta are computed once per call (O(V * D)); each frame then costs O(D). The LayerNorm + Linear
+form runs through the `sim_project` kernel op (tasu.kernels), whose backward writes grad W as a rank-2 update plus
+one scatter-add into the used columns; gradients to gamma, beta, W and b are exact.
+Memory: O(B*T*D + V + D) besides the weights and their gradients.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from tasu.kernels import get_op
 
 
 def _check(ids: torch.Tensor, smooth: torch.Tensor, vocab_size: int, weight: torch.Tensor) -> None:
@@ -39,29 +42,12 @@ def sim_layernorm_linear(ids: torch.Tensor, smooth: torch.Tensor, vocab_size: in
 def sim_layernorm_linear_fn(ids: torch.Tensor, smooth: torch.Tensor, vocab_size: int, gamma: torch.Tensor | None,
                             beta: torch.Tensor | None, eps: float, weight: torch.Tensor,
                             bias: torch.Tensor | None) -> torch.Tensor:
-    """Functional form of `sim_layernorm_linear` (gamma/beta [V] or None, weight [D, V], bias [D] or None)."""
-    _check(ids, smooth, vocab_size, weight)
-    v = float(vocab_size)
-    # Per-frame scalars in fp32 (they involve 1/V and sqrt(var + eps) with var ~ 1/V: keep the precision).
-    one_minus_s = 1.0 - smooth.float()                          # [B, T]
-    inv_std = torch.rsqrt(one_minus_s.square() * ((v - 1.0) / (v * v)) + eps)
-    n_a = (one_minus_s * (1.0 - 1.0 / v) * inv_std).to(weight.dtype)   # [B, T] normalised value at index i
-    n_c = (-(one_minus_s / v) * inv_std).to(weight.dtype)               # [B, T] normalised value elsewhere
+    """Functional form of `sim_layernorm_linear` (gamma/beta [V] or None, weight [D, V], bias [D] or None).
 
-    flat = ids.reshape(-1)
-    cols = weight.index_select(1, flat).t().reshape(*ids.shape, weight.shape[0])  # [B, T, D]: W[:, i] per frame
-    if gamma is not None:
-        w_gamma = weight @ gamma                                # [D], once per call
-        gamma_i = gamma.index_select(0, flat).reshape(ids.shape)  # [B, T]
-    else:
-        w_gamma = weight.sum(dim=1)
-        gamma_i = torch.ones_like(n_a)
-    const = torch.zeros_like(w_gamma)                           # [D]: W @ beta + b
-    if beta is not None:
-        const = const + weight @ beta
-    if bias is not None:
-        const = const + bias
-    return n_c.unsqueeze(-1) * w_gamma + const + ((n_a - n_c) * gamma_i).unsqueeze(-1) * cols
+    Runs the `sim_project` kernel op (`tasu.kernels.get_op`, so `kernels.impl` picks the implementation): the
+    closed form above with a fused backward whose weight gradient is one scatter-add into the V columns."""
+    _check(ids, smooth, vocab_size, weight)
+    return get_op("sim_project")(ids, smooth, weight, bias, gamma, beta, eps)
 
 
 def sim_linear(ids: torch.Tensor, smooth: torch.Tensor, vocab_size: int, weight: torch.Tensor,

@@ -17,13 +17,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from tasu.kernels import get_op
 from tasu.types import Posteriors, SpeechBatch
 
 
 def ctc_loss(post: Posteriors, targets: Sequence[Sequence[int]]) -> torch.Tensor:
     """Mean over the batch of each row's CTC loss divided by its target length (torch's reduction="mean"),
-    from dense log-probs [B, T, V] in fp32. Rows whose targets cannot be aligned in T frames add 0
-    (zero_infinity), so one too-short clip cannot turn the step into inf."""
+    from dense log-probs [B, T, V] in fp32, through the `ctc_loss` kernel op (`kernels.impl`). Rows whose targets
+    cannot be aligned in T frames add 0 (zero_infinity), so one too-short clip cannot turn the step into inf."""
     if post.log_probs is None:
         raise ValueError("ctc_loss needs dense log-probs (Posteriors.log_probs)")
     if len(targets) != post.batch_size or any(len(t) == 0 for t in targets):
@@ -32,9 +33,9 @@ def ctc_loss(post: Posteriors, targets: Sequence[Sequence[int]]) -> torch.Tensor
     dev = post.lengths.device
     flat = torch.tensor([u for t in targets for u in t], dtype=torch.long, device=dev)
     tlen = torch.tensor([len(t) for t in targets], dtype=torch.long, device=dev)
-    lp = post.log_probs.float().transpose(0, 1)                     # [T, B, V]
-    return nn.functional.ctc_loss(lp, flat, post.lengths, tlen, blank=post.blank_id, reduction="mean",
-                                  zero_infinity=True)
+    # the `ctc_loss` kernel op takes logits and log-softmaxes them in fp32: log-probs are their own log-softmax,
+    # so this is F.ctc_loss on the log-probs (value and gradient), with memory bounded for large vocabularies
+    return get_op("ctc_loss")(post.log_probs.float(), flat, post.lengths, tlen, post.blank_id, "mean", True)
 
 
 class CTCModel(nn.Module):

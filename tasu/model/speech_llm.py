@@ -74,7 +74,9 @@ class SpeechLLM(nn.Module):
         if self.ctc_weight > 0 and self.training and batch.ctc_targets is not None:
             self._aux_loss = self.ctc_weight * self.ctc_loss(post, batch.ctc_targets)
         if self.psd_threshold is not None:
-            post = psd_compress(post, self.psd_threshold)
+            # projectors read probabilities (and features) only: no merged log-probs, so PSD runs as the
+            # `psd_compress` kernel op
+            post = psd_compress(post, self.psd_threshold, log_probs=False)
         return post
 
     def speech_embeddings(self, batch: SpeechBatch, mode: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,6 +14,7 @@ Because the reduced distribution is normalised, this is exact whatever conventio
 its log-prob gradient (PyTorch's native and cuDNN kernels return d/d(pre-log-softmax)).
 Repeated labels keep their CTC meaning: a repeated label maps to the reduced class of its first occurrence.
 
+When V <= 2 + S (a character vocabulary) nothing is saved: the plain definition runs instead.
 Targets: padded [B, S] or concatenated 1-D (as F.ctc_loss). Reductions "none" | "mean" | "sum" as F.ctc_loss.
 The `triton` (CUDA) variant formats the reduced problem so PyTorch can pick cuDNN's CTC (int32 targets on the
 host, every input length == T, targets <= 256 labels) and otherwise uses the native CUDA kernel.
@@ -178,8 +179,15 @@ def _cudnn_friendly_ctc(red, prob, input_lengths, target_lengths, reduction, zer
                       zero_infinity)
 
 
+def plain_is_cheaper(vocab: int, target_lengths: torch.Tensor) -> bool:
+    """A small vocabulary (characters) is no larger than the reduced one (2 + S classes): run the definition."""
+    return vocab <= 2 + (int(target_lengths.max()) if target_lengths.numel() else 0)
+
+
 def _reduced(logits, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, ctc_call):
     check_ctc_inputs(logits, targets, input_lengths, target_lengths, blank, reduction)
+    if plain_is_cheaper(logits.shape[-1], target_lengths):
+        return ctc_loss_reference(logits, targets, input_lengths, target_lengths, blank, reduction, zero_infinity)
     prob = reduce_problem(targets, target_lengths, logits.shape[-1], blank)
     return _ReducedCTCFn.apply(logits, prob, input_lengths, target_lengths, reduction, zero_infinity, ctc_call)
 

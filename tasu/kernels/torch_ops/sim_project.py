@@ -80,25 +80,30 @@ def _row_blocks(weight: torch.Tensor) -> list[slice]:
     return [slice(r, min(r + rows, d)) for r in range(0, d, rows)]
 
 
+def ln_rows(gamma: torch.Tensor | None, beta: torch.Tensor | None, v: int, dtype: torch.dtype,
+            device: torch.device) -> torch.Tensor:
+    """[2, V] = (gamma, beta) in `dtype` (ones / zeros where the LayerNorm has no affine parameters)."""
+    out = torch.empty(2, v, dtype=dtype, device=device)
+    out[0] = 1.0 if gamma is None else gamma.detach()
+    out[1] = 0.0 if beta is None else beta.detach()
+    return out
+
+
 def weight_pass(weight: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None,
                 flat_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One pass over W: (W @ gamma [D], W @ beta [D], W[:, ids] [D, N]), all in W's dtype."""
-    d = weight.shape[0]
-    wg = torch.empty(d, dtype=weight.dtype, device=weight.device)
-    wb = torch.zeros(d, dtype=weight.dtype, device=weight.device)
+    """One pass over W: (W @ gamma [D], W @ beta [D], W[:, ids] [D, N]), all in W's dtype.
+
+    Per row block (in L2): one [rows, V] x [V, 2] product for both LayerNorm vectors (as fast as a single gemv:
+    both are bound by reading W), then the column gather from the cached block."""
+    d, v = weight.shape
+    gb = ln_rows(gamma, beta, v, weight.dtype, weight.device).t()          # [V, 2]
+    wgb = torch.empty(d, 2, dtype=weight.dtype, device=weight.device)
     cols = torch.empty(d, flat_ids.numel(), dtype=weight.dtype, device=weight.device)
-    g = None if gamma is None else gamma.to(weight.dtype)
-    b = None if beta is None else beta.to(weight.dtype)
     for blk in _row_blocks(weight):
         w = weight[blk]
-        if g is None:
-            torch.sum(w, dim=1, out=wg[blk])
-        else:
-            torch.mv(w, g, out=wg[blk])
-        if b is not None:
-            torch.mv(w, b, out=wb[blk])
+        torch.mm(w, gb, out=wgb[blk])
         torch.index_select(w, 1, flat_ids, out=cols[blk])
-    return wg, wb, cols
+    return wgb[:, 0], wgb[:, 1], cols
 
 
 class _SimProjectFn(torch.autograd.Function):
@@ -130,7 +135,7 @@ class _SimProjectFn(torch.autograd.Function):
         gb = g.sum(0)                                                         # [D]
         u = torch.mv(g.t(), n_c)                                              # [D]
         # e[n] = W[:, i_n] . g[n]: the only per-frame quantity that needs W (taken from the saved columns)
-        e = torch.einsum("dn,nd->n", cols.to(g.dtype), g) if (need_s or need_g) else None
+        e = (cols.to(g.dtype) * g.t()).sum(0) if (need_s or need_g) else None       # [N]
         d_w = d_gamma = d_beta = None
         if need_w or need_g or need_be:
             d_w, d_gamma, d_beta = _param_grads(weight, gamma, beta, flat, g, coef, u, gb, need_w, need_g, need_be)
@@ -149,31 +154,29 @@ def _cast(t: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tensor | N
 
 
 def _param_grads(weight, gamma, beta, flat, g, coef, u, gb, need_w, need_g, need_be):
-    """dW (fused per row block: rank-2 dense part + column scatter-add), W^T u and W^T gb (in g's dtype)."""
+    """dW, dgamma, dbeta (in g's dtype; dW in W's dtype) in one pass over the row blocks of W:
+        dW[blk]                 = [u, gb][blk] @ [gamma; beta]  (one K=2 product writes the block)
+                                  + scatter-add of h[n] = coef[n] g[n] into column i_n (the block is in cache)
+        [dgamma; dbeta]        += [u, gb][blk]^T @ W[blk]       (reads the same block of W)"""
     d, v = weight.shape
     dev, acc = weight.device, g.dtype
     d_w = torch.empty_like(weight) if need_w else None
-    d_gamma = torch.zeros(v, dtype=acc, device=dev) if need_g else None
-    d_beta = torch.zeros(v, dtype=acc, device=dev) if need_be else None
-    gam = gamma.to(acc) if gamma is not None else torch.ones(v, dtype=acc, device=dev)
-    bet = beta.to(acc) if beta is not None else None
+    ug = torch.stack([u, gb], 1)                                          # [D, 2]
+    d_gb = torch.zeros(2, v, dtype=acc, device=dev) if (need_g or need_be) else None   # [2, V]
+    rows_gb = ln_rows(gamma, beta, v, acc, dev) if need_w else None       # [2, V]
     h_t = (g * coef.unsqueeze(1)).t().contiguous() if need_w else None    # [D, N]: column updates
     for blk in _row_blocks(weight):
         if need_w:
             direct = d_w.dtype == acc
             blk_acc = d_w[blk] if direct else torch.empty(d_w[blk].shape, dtype=acc, device=dev)   # [rows, V]
-            torch.outer(u[blk], gam, out=blk_acc)
-            if bet is not None:
-                blk_acc.addr_(gb[blk], bet)
+            torch.mm(ug[blk], rows_gb, out=blk_acc)
             blk_acc.index_add_(1, flat, h_t[blk])
             if not direct:
                 d_w[blk].copy_(blk_acc)
-        if need_g or need_be:
-            w_t = weight[blk].to(acc).t()                                  # [V, rows]; no copy for fp32 weights
-            if need_g:
-                d_gamma.addmv_(w_t, u[blk])
-            if need_be:
-                d_beta.addmv_(w_t, gb[blk])
+        if d_gb is not None:
+            d_gb.addmm_(ug[blk].t(), weight[blk].to(acc))                 # no copy for fp32 weights
+    d_gamma = d_gb[0] if need_g else None
+    d_beta = d_gb[1] if need_be else None
     return d_w, d_gamma, d_beta
 
 

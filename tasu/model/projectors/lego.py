@@ -10,6 +10,7 @@ top1 their best non-blank unit. Drop them upstream if they are unwanted (PSD rem
 probability >= its threshold). A frame with no non-blank mass at all (p(0) == 1) gets a zero vector (soft) or
 the first unit (top1: every non-blank unit ties).
 
+Dense soft frames run through the `posterior_embed` kernel op (exact mode) on log p (see `_soft`).
 Sparse CPS frames p = (1 - s) * onehot(i) + s / V are handled in closed form:
     emb = ((1 - s) [i != 0] E'[i] + (s / V) sum_v E'[v]) / (1 - (1 - s) [i == 0] - s / V)
 Output dtype = the embedding's dtype (so it splices straight into the LLM's input).
@@ -20,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from tasu.kernels import get_op
 from tasu.model.projectors.base import FrozenRef, Projector, check_llm_ids
 from tasu.types import Posteriors
 
@@ -42,12 +44,22 @@ class LegoProjector(Projector):
         if x.is_sparse:
             out = self._sparse(x.ids, x.smooth, x.vocab_size, table)
         else:
-            p = x.dense[..., 1:].to(table.dtype)                              # [B, T, V - 1], blank dropped
             if self.top1:
-                out = table[p.argmax(dim=-1)]
+                out = table[x.dense[..., 1:].to(table.dtype).argmax(dim=-1)]
             else:
-                out = (p @ table) / p.sum(dim=-1, keepdim=True).clamp_min(_TINY)
+                out = self._soft(x.dense[..., 1:], table)
         return out.masked_fill(~x.mask.unsqueeze(-1), 0.0), post.lengths
+
+    @staticmethod
+    def _soft(p: Tensor, table: Tensor) -> Tensor:
+        """sum_v p_v E'[v] / max(sum_v p_v, tiny) for p [B, T, V - 1] (blank dropped), through the exact
+        `posterior_embed` kernel op: softmax(log p) = p / sum p, so the op's output times mass / max(mass, tiny)
+        is that value. Probabilities below the smallest normal float are clamped before the log (zero gradient
+        there; a row with no mass becomes uniform and is then scaled by 0)."""
+        mass = p.sum(dim=-1, keepdim=True)                                   # [B, T, 1] non-blank mass
+        logits = p.clamp_min(torch.finfo(p.dtype).tiny).log()                # [B, T, V - 1]
+        out = get_op("posterior_embed")(logits, table, None)                 # [B, T, H] in table's dtype
+        return out * (mass / mass.clamp_min(_TINY)).to(out.dtype)
 
     def _sparse(self, ids: Tensor, smooth: Tensor, vocab_size: int, table: Tensor) -> Tensor:
         nonblank = ids != 0
