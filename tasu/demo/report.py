@@ -36,7 +36,7 @@ def _cpu() -> str:
 
 def targets(scores: dict) -> list[dict]:
     """The demo issue's targets on the held-out voices, each with its numbers and whether it is met."""
-    s = {k: v["wer_heldout"] for k, v in scores.items()}
+    s = {k: v["wer_heldout"] for k, v in scores.items() if isinstance(v, dict)}
     out = [
         {"target": "text-only TASU WER <= 1.3 x audio-trained projector WER (held-out voices)",
          "value": s["tasu_text"], "bound": 1.3 * s["audio"], "met": s["tasu_text"] <= 1.3 * s["audio"]},
@@ -59,6 +59,8 @@ def loss_plot(systems: dict, path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, info in systems.items():
+        if not isinstance(info, dict):   # the step's own timing
+            continue
         recs = read_metrics(Path(info["run_dir"]))
         if not recs:
             continue

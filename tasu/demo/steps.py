@@ -137,7 +137,8 @@ def train_ctc(work: Workdir, assets: dict, data: dict) -> dict:
     log.info("CTC units: %d SmolLM2 tokens (+ blank); %.0f%% of training tokens are single letters",
              units.vocab_size - 1, 100 * letters / max(n_tok, 1))
 
-    cfg = demo_config(work, assets, [f"output_dir={c / 'run'}"])
+    head_overrides = [f"model.encoder.head={plan.head}", f"model.encoder.head_hidden={plan.head_hidden}"]
+    cfg = demo_config(work, assets, [f"output_dir={c / 'run'}", *head_overrides])
     model = build_ctc_model(cfg, seed=plan.seed).eval()
     tok = model.ctc_tokenizer
     enc = model.encoder
@@ -158,15 +159,16 @@ def train_ctc(work: Workdir, assets: dict, data: dict) -> dict:
     dev = states("dev", [data["dev_manifest"]])
     heldout = states("heldout", [data["heldout_manifest"]])
     real = states("real", [data["real_manifest"]])
-    steps_total = plan.head.epochs * -(-len(train["keys"]) // plan.head.batch_size)
+    steps_total = plan.head_training.epochs * -(-len(train["keys"]) // plan.head_training.batch_size)
     bar = _progress(steps_total, "CTC head")
-    fit = train_head(enc.ctc_head, tok, train, dev, plan.head,
+    fit = train_head(enc.ctc_head, tok, train, dev, plan.head_training,
                      on_step=(lambda s, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}"))) if bar else None)
     if bar:
         bar.close()
     carry = c / "head.safetensors"
     save_carry(carry, {f"encoder.ctc_head.{k}": v.detach() for k, v in enc.ctc_head.named_parameters()})
-    out = {"units": units.vocab_size - 1, "letter_unit_share": letters / max(n_tok, 1), "carry": str(carry),
+    out = {"head_overrides": head_overrides,
+           "units": units.vocab_size - 1, "letter_unit_share": letters / max(n_tok, 1), "carry": str(carry),
            "train_clips": len(train["keys"]), "train_seconds": fit["seconds"], "steps": fit["steps"],
            "best_epoch": fit["best_epoch"], "dev_cer": fit["best_dev_cer"], "history": fit["history"],
            "hypotheses": {}}

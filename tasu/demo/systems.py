@@ -33,7 +33,8 @@ def _source(path: str, kind: str) -> str:
 
 def system_overrides(name: str, plan: DemoPlan, data: dict, ctc: dict, runs: Path) -> list[str]:
     """`tasu train demo` overrides of a trained system."""
-    common = [f"train.max_steps={plan.steps}", f"train.lr={plan.lr}", f"data.batch_size={plan.batch_size}",
+    common = [f"train.max_steps={plan.steps}", f"train.lr={plan.lr}", f"train.warmup_steps={max(1, plan.steps // 10)}",
+              f"data.batch_size={plan.batch_size}", *ctc["head_overrides"],
               f"train.seed={plan.seed}", "train.export_at_end=false", "train.log_every=10"]
     if name == "tasu_text":
         return common + [f"train.init_from={ctc['carry']}", f"data.train={_source(data['text_shards'], 'text')}",
@@ -87,7 +88,7 @@ def _untrained_model(name: str, work, assets: dict, ctc: dict):
     from tasu.model.build import build_speech_llm
     from tasu.train.checkpoint import apply_weights, load_carry
 
-    over = [f"output_dir={work.root / 'runs' / name}"]
+    over = [f"output_dir={work.root / 'runs' / name}", *ctc["head_overrides"]]
     if name == "lego":
         over += ["model.projector.type=lego", "model.projector.init=random",
                  "stages=[{name: lego, mode: lego, trainable: []}]"]
