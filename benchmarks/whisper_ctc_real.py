@@ -29,7 +29,6 @@ import logging
 import os
 import platform
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,6 +44,7 @@ from tasu.demo.ctc_head import HeadTraining, cache_states, train_head  # noqa: E
 from tasu.eval.ctc_eval import ctc_batches, evaluate_ctc  # noqa: E402
 from tasu.eval.metrics import cer  # noqa: E402
 from tasu.model.build import build_ctc_model  # noqa: E402
+from tasu.provenance import git_commit  # noqa: E402
 from tasu.train.export import export_ctc_model  # noqa: E402
 from tasu.tts import available_voices, build_corpus, perturb_corpus, tts_sentences  # noqa: E402
 
@@ -58,11 +58,6 @@ def sentences(n_dev: int, seed: int) -> tuple[list[str], list[str]]:
 
 def read_manifest(path: Path) -> list[dict]:
     return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-
-
-def git_commit() -> str:
-    r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
-    return r.stdout.strip() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

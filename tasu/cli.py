@@ -52,6 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _reporting_errors(name: str, fn, argv: list[str]) -> int:
+    """Run a subcommand; a bad input (config, missing file, bad value) is one line on stderr and exit 2."""
+    try:
+        return fn(argv)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"tasu {name}: {e}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # subcommands that own their argument parsing
@@ -71,19 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     if rest and rest[0] == "ctc":
         from tasu.eval.ctc_eval import ctc_main
 
-        try:
-            return ctc_main(rest[1:])
-        except (ConfigError, FileNotFoundError, ValueError) as e:
-            print(f"tasu ctc: {e}", file=sys.stderr)
-            return 2
+        return _reporting_errors("ctc", ctc_main, rest[1:])
     if rest and rest[0] == "units":
         from tasu.taste.unit_discovery import units_main
 
-        try:
-            return units_main(rest[1:])
-        except (ConfigError, FileNotFoundError, ValueError) as e:
-            print(f"tasu units: {e}", file=sys.stderr)
-            return 2
+        return _reporting_errors("units", units_main, rest[1:])
     if rest and rest[0] == "demo":
         from tasu.demo.run import demo_main
 

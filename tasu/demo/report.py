@@ -5,33 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
 from tasu.demo.steps import SYSTEMS
 from tasu.demo.systems import read_metrics
-
-
-def _commit() -> str:
-    root = Path(__file__).resolve().parents[2]
-    r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False)
-    if not r.stdout.strip():
-        return "unknown (not a git checkout)"
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                           text=True, check=False).stdout.strip()
-    return r.stdout.strip() + ("+uncommitted-changes" if dirty else "")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from tasu.provenance import cpu_name, git_commit
 
 
 def targets(scores: dict) -> list[dict]:
@@ -84,8 +63,8 @@ def build_report(work, data: dict, ctc: dict, systems: dict, scores: dict) -> li
     plan = work.plan
     tg = targets(scores)
     rep = {
-        "demo": "tasu demo", "preset": plan.name, "date": time.strftime("%Y-%m-%d"), "commit": _commit(),
-        "device": {"kind": "cpu", "cpu": _cpu(), "cpus": os.cpu_count(), "torch_threads_per_process": 1,
+        "demo": "tasu demo", "preset": plan.name, "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
+        "device": {"kind": "cpu", "cpu": cpu_name(), "cpus": os.cpu_count(), "torch_threads_per_process": 1,
                    "torch": torch.__version__},
         "systems": {name: {**scores[name], "description": SYSTEMS[name]} for name in SYSTEMS if name in scores},
         "targets": tg,

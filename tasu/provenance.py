@@ -1,0 +1,32 @@
+"""Where a result came from: the git commit of the tree that produced it and the CPU it ran on (recorded in every
+benchmark and demo result file)."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def git_commit(root: Path = REPO_ROOT) -> str:
+    """HEAD's hash, with '+uncommitted-changes' when tracked files differ from it; 'uncommitted' outside git."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=False).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=False).stdout.strip()
+        return rev + ("+uncommitted-changes" if dirty else "") if rev else "uncommitted"
+    except OSError:
+        return "uncommitted"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
