@@ -54,7 +54,8 @@ def test_targets_are_checked_both_ways():
 
 def test_markdown_table_has_every_system():
     scores = _scores(text=0.3, audio=0.3, curriculum=0.3, ctc=0.4)
-    rep = {"preset": "quick", "date": "d", "commit": "c", "device": {"cpu": "cpu", "cpus": 2, "torch": "t"},
+    rep = {"preset": "quick", "date": "d", "commit": "c", "wall_seconds": {"total": 60.0},
+           "device": {"cpu": "cpu", "cpus": 2, "torch": "t"},
            "ctc_head": {"units": 10}, "systems": {n: {**s, "description": n} for n, s in scores.items()},
            "targets": targets(scores), "data": {"clips": {"train": 1, "heldout": 2, "text_only": 3},
                                                 "sentences": {"train": 4}}}

@@ -37,7 +37,7 @@ class DemoPlan:
 PLANS = {
     "quick": DemoPlan(name="quick", train_sentences=300, per_voice=120, dev_sentences=6, heldout_sentences=12,
                       text_only_sentences=600, perturb=False, unit_min_count=2,
-                      head_training=HeadTraining(epochs=6, batch_size=32, lr=3e-3), steps=12, lr=3e-4),
+                      head_training=HeadTraining(epochs=5, batch_size=32, lr=3e-3), steps=12, lr=3e-4),
     # 1300 training sentences x 11 voices x 350 each: every sentence is heard ~3 times; units used by >= 2
     # sentences (~1400 SmolLM2 tokens; ~25 % of the tokens of unseen text are then single letters)
     "default": DemoPlan(name="default", train_sentences=1300, per_voice=350, dev_sentences=8, heldout_sentences=40,

@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+from tasu.demo.run import STEPS
 from tasu.demo.steps import SYSTEMS
 from tasu.demo.systems import read_metrics
 from tasu.provenance import cpu_name, git_commit
@@ -62,8 +63,11 @@ def build_report(work, data: dict, ctc: dict, systems: dict, scores: dict) -> li
 
     plan = work.plan
     tg = targets(scores)
+    step_seconds = {step: (work.result(step) or {}).get("step_seconds") for step in STEPS if step != "report"}
     rep = {
-        "demo": "tasu demo", "preset": plan.name, "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
+        "demo": "tasu demo", "preset": plan.name,
+        "wall_seconds": {"steps": step_seconds, "total": sum(v for v in step_seconds.values() if v)},
+        "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
         "device": {"kind": "cpu", "cpu": cpu_name(), "cpus": os.cpu_count(), "torch_threads_per_process": 1,
                    "torch": torch.__version__},
         "systems": {name: {**scores[name], "description": SYSTEMS[name]} for name in SYSTEMS if name in scores},
@@ -91,7 +95,9 @@ def markdown(rep: dict, has_png: bool) -> str:
     dev = rep["device"]
     lines = [f"# tasu demo report ({rep['preset']} preset)", "",
              f"{rep['date']}, commit `{rep['commit']}`, {dev['cpu']} ({dev['cpus']} cores, 1 torch thread per "
-             f"process), torch {dev['torch']}.", "",
+             f"process), torch {dev['torch']}. Wall time of the whole demo: "
+             f"{rep['wall_seconds']['total'] / 60:.1f} min (each step once; steps cached by an earlier run count "
+             "as they took then).", "",
              "Zero-shot ASR with a frozen SmolLM2-135M-Instruct: Whisper tiny.en (frozen) + a CTC head over "
              f"{rep['ctc_head']['units']} SmolLM2 tokens trained on TTS speech, a projector between them. WER / "
              "CER: lower-cased, punctuation stripped.", "",
