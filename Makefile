@@ -10,5 +10,7 @@ lint:
 bench:
 	OMP_NUM_THREADS=1 python3 benchmarks/bench_kernels.py --device cpu
 	OMP_NUM_THREADS=1 python3 benchmarks/bench_loader.py
-	for m in simulated posterior features; do OMP_NUM_THREADS=1 python3 benchmarks/bench_step.py --mode $$m; done
+	OMP_NUM_THREADS=1 python3 benchmarks/bench_step.py --mode simulated
+	OMP_NUM_THREADS=1 python3 benchmarks/bench_step.py --mode posterior --steps 4 --warmup 1 --baseline-steps 3 --phase-steps 2
+	OMP_NUM_THREADS=1 python3 benchmarks/bench_step.py --mode features --steps 4 --warmup 1 --phase-steps 2
 	python3 benchmarks/bench_scaling.py

@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_step import commit, cpu_name  # noqa: E402
 
+from tasu.provenance import cpu_name, git_commit  # noqa: E402
 from tests.train_utils import read_metrics, run_ranks  # noqa: E402
 
 JOB = ["model.llm.hidden_size=256", "model.llm.num_layers=4", "model.llm.intermediate_size=1024",
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     s1 = run(1, args.steps, args.warmup, tmp)
     s2 = run(2, args.steps, args.warmup, tmp)
     result = {"samples_per_s_1": s1, "samples_per_s_2": s2, "ratio": s2 / s1, "device": f"cpu: {cpu_name()}",
-              "threads_per_rank": 1, "commit": commit(), "date": time.strftime("%Y-%m-%d"),
+              "threads_per_rank": 1, "commit": git_commit(), "date": time.strftime("%Y-%m-%d"),
               "config": {"preset": "tiny", "overrides": JOB, "steps": args.steps, "warmup_steps_dropped": args.warmup,
                          "backend": "gloo", "launcher": "env:// ranks (torchrun-style), one process per rank"}}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -3,20 +3,38 @@
     python benchmarks/bench_step.py --mode simulated|posterior|features [--steps N] [--device cpu]
     -> benchmarks/results/step_<device>_<mode>.json
 
-Model (same sizes on both sides): CTC vocabulary V = 25055 (as SenseVoice's), Whisper-tiny-shaped encoder
-(random weights) with a linear CTC head, linear-silu projector (LayerNorm(V) -> Linear(V, 2048) -> SiLU ->
-Linear(2048, H)), a small frozen Llama (`--llm-hidden`, `--llm-layers`) built from a config. Trainable: the
-projector (as in TASU). Data: synthetic LibriSpeech-like utterances (5 tiny-text sentences each, ~30 words,
-~10 s of tone speech, LibriSpeech-960 averages ~12 s), their transcripts for the text-only step, batch 16.
+Model (one model object, used by both sides): CTC vocabulary V = 25055 (SenseVoice's size); a Whisper-tiny-shaped
+encoder (random weights, true-length path) with a linear CTC head whose blank bias is shifted so that 74 % of the
+frames are blank-dominant and PSD drops them (`--blank-dropped`, as a trained CTC encoder; with random weights PSD
+would keep every frame); TASU's linear-silu projector LayerNorm(V) -> Linear(V, 2048) -> SiLU -> Linear(2048, H)
+(51.9 M parameters at H = 256, the only trainable part, as in TASU); a small frozen Llama built from a config
+(`--llm-hidden` 256, `--llm-layers` 4, intermediate 4H, head dim 64: 4.3 M parameters), the small end of "a few
+layers of hidden 256-512"; it is not shrunk further to favour the ratio (its forward/backward is the same work on
+both sides, so a bigger LLM lowers the ratio: see README).
+Tokenisation (`--units word`, `--llm-vocab 512`): the CTC units are the corpus words (with and without a leading
+space) + letters, padded with never-used units to exactly V, so a transcript gives ~1 CPS frame per word, as a 25k
+BPE vocabulary does on this common-word text; the tiny LLM tokenizer is a BPE that ends up with 303 tokens, ~1
+token per word as a real LLM tokenizer on this text. `--units char --llm-vocab 64` gives the previous
+character-level setup (5-6 frames and ~4.6 LLM tokens per word: 4x longer sequences than a real stack sees).
+Data: 48 synthetic LibriSpeech-like utterances (5 tiny-text sentences each, ~40 words, ~11 s of tone speech as
+FLAC; LibriSpeech-960 averages ~12 s), their transcripts for the text-only step, batch 16, fp32, one thread.
 
-tasu step: TrainStream batch -> SpeechLLM (sparse exact first layer on simulated posteriors; vectorised PSD on
-real posteriors) -> DeepSpeed engine (ZeRO-0, single process) backward / step.
-Baseline step (simulated mode; see reference_step.py): what the reference implementation does for a text-only
-step — every sample's audio decoded and its fbank computed, the encoder run, PSD by a per-frame loop, dense
-[B, L, V] smoothed one-hots built per sample in Python, the dense projector, then the same LLM and optimizer.
+tasu step (`TasuStep`): the step `tasu train` runs (tasu/train/recipe.py) for the first stage on one rank: the
+recipe's model build, freeze policy, DeepSpeed engine (ZeRO-0) and `TrainStream`; per step batch.to -> engine
+forward -> host read of the loss (finite check) -> engine backward -> engine step (clipping + fused AdamW).
+Simulated mode reads the transcript file only (no audio, no encoder) and the projector's first layer runs the
+`sim_project` op on the sparse CPS layout (O(L*D), no [B, L, V] anywhere).
+Baseline step (reference_step.py): what the reference implementation does for a text-only step: every sample's
+audio decoded and its features computed in Python, the encoder run on the batch, PSD by a per-frame loop with a
+host sync per frame, dense [B, L, V] smoothed one-hots built per sample in Python, the dense projector, then the
+same LLM, the same optimizer and the same clipping (both sides: torch AdamW, so the figure isolates the data path).
+Posterior mode: both sides run the encoder and the dense projector on PSD output; they differ in PSD (per-frame
+loop vs the `psd_compress` op) and in data loading.
 
 Figures: samples/s, tokens/s (answer tokens), audio-seconds/s, padding ratio, loader stall fraction (time in
-next(batch) / step time), peak memory (RSS high-water mark on CPU), MFU.
+next(batch) / step time), peak memory (RSS high-water mark on CPU, reset before each side's timed steps so each
+side's peak is its own), MFU, and seconds per phase (`phases_s_median`: tasu from module hooks on extra steps,
+the baseline from timestamps in its step).
 MFU = FLOPs of one step / step time / peak FLOP/s. FLOPs are counted on a real step with
 torch.utils.flop_counter.FlopCounterMode (every matmul / conv / attention executed, forward and backward,
 trainable and frozen parts alike). Peak FLOP/s on CPU is measured in the same run: the best of a few
@@ -27,9 +45,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import platform
-import subprocess
+import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -39,27 +58,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from tasu.provenance import cpu_name, git_commit  # noqa: E402
+
 V_CTC = 25055
-
-
-def commit() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "tasu", "benchmarks"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return rev + ("+uncommitted-changes" if dirty else "") if rev else "uncommitted"
-    except OSError:
-        return "uncommitted"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def measured_peak_flops(device) -> float:
@@ -75,7 +76,7 @@ def measured_peak_flops(device) -> float:
     return 2 * 2048**3 / best
 
 
-def make_corpus(out_dir: Path, n: int, sentences_per_utt: int) -> tuple[Path, Path]:
+def make_corpus(out_dir: Path, n: int, sentences_per_utt: int) -> tuple[Path, Path, list[str]]:
     """LibriSpeech-like utterances (several tiny-text sentences joined: ~25-35 words, ~8-12 s of tone speech):
     a transcript file (text-only source) and a ps-slm manifest with the audio (audio source / the baseline)."""
     from tasu.synth import write_corpus
@@ -86,22 +87,36 @@ def make_corpus(out_dir: Path, n: int, sentences_per_utt: int) -> tuple[Path, Pa
     manifest = write_corpus(utts, out_dir / "audio", prefix="utt")
     text = out_dir / "text.txt"
     text.write_text("\n".join(utts) + "\n")
-    return text, manifest
+    return text, manifest, utts
 
 
-def build_config(mode: str, out_dir: Path, llm_hidden: int, llm_layers: int, batch: int, text: Path,
-                 manifest: Path):
+def write_units(path: Path, units: str, utts: list[str]) -> Path:
+    """A CTC unit list of exactly V_CTC classes (blank included) for `model.ctc_tokenizer.type=list`.
+
+    units="word": each corpus word as a unit, with and without its leading space (how a 25k-unit BPE such as
+    SenseVoice's covers common English words: one unit per word), plus the letters as a fallback, padded with
+    never-used units to V_CTC - 1. units="char": the letters only (the list format cannot hold a bare space, so
+    spaces are dropped), padded the same way: 5-6 CPS frames per word instead of ~1."""
+    letters = list("abcdefghijklmnopqrstuvwxyz'")
+    words = sorted({w for u in utts for w in u.split()})
+    base = ([f" {w}" for w in words] + words if units == "word" else []) + letters
+    base = list(dict.fromkeys(base))
+    path.write_text("\n".join(base + [f"<u{i}>" for i in range(V_CTC - 1 - len(base))]) + "\n")
+    return path
+
+
+def build_config(mode: str, out_dir: Path, args, text: Path, manifest: Path, utts: list[str]):
     from tasu.config.loader import load_config
 
-    units = out_dir / "units.txt"
-    chars = list(" abcdefghijklmnopqrstuvwxyz'")
-    units.write_text("\n".join(chars + [f"<u{i}>" for i in range(V_CTC - 1 - len(chars))]) + "\n")
+    units = write_units(out_dir / "units.txt", args.units, utts)
     source = text if mode == "simulated" else manifest
+    h = args.llm_hidden
     o = [f"output_dir={out_dir}/run", "model.ctc_tokenizer.type=list", f"model.ctc_tokenizer.path={units}",
          "model.encoder.type=whisper", "model.encoder.whisper_size=tiny", "model.projector.type=linear-silu",
-         "model.projector.hidden=2048", f"model.llm.hidden_size={llm_hidden}", f"model.llm.num_layers={llm_layers}",
-         f"model.llm.intermediate_size={4 * llm_hidden}", "model.llm.num_heads=4", "model.llm.pretrain_steps=0",
-         f"data.batch_size={batch}", f"data.train=[{{path: '{source}'}}]", f"stages.0.mode={mode}",
+         "model.projector.hidden=2048", f"model.llm.hidden_size={h}", f"model.llm.num_layers={args.llm_layers}",
+         f"model.llm.intermediate_size={4 * h}", f"model.llm.num_heads={max(4, h // 64)}",
+         f"model.llm.vocab_size={args.llm_vocab}", "model.llm.pretrain_steps=0",
+         f"data.batch_size={args.batch}", f"data.train=[{{path: '{source}'}}]", f"stages.0.mode={mode}",
          "stages.0.trainable=[projector]", "train.progress_bar=false", "train.tensorboard=false",
          "data.shuffle_buffer=0"]
     if mode == "features":
@@ -126,8 +141,6 @@ def time_steps(step_fn, next_batch, steps: int, warmup: int) -> dict:
 
 
 def summarise(run: dict, flops_per_step: float, peak: float) -> dict:
-    import statistics
-
     wall = sum(run["walls"])
     n = sum(s["samples"] for s in run["stats"])
     toks = sum(s["tokens"] for s in run["stats"])
@@ -136,9 +149,154 @@ def summarise(run: dict, flops_per_step: float, peak: float) -> dict:
     padded = sum(s["padded"] for s in run["stats"])
     step_s = statistics.median(run["walls"])
     return {"samples_per_s": n / wall, "tokens_per_s": toks / wall, "audio_seconds_per_s": audio / wall,
-            "step_time_s_median": step_s, "padding_ratio": 1 - frames / padded if padded else 0.0,
+            "step_time_s_median": step_s, "speech_frames_per_sample": frames / n,
+            "padding_ratio": 1 - frames / padded if padded else 0.0,
             "loader_stall_fraction": sum(run["waits"]) / wall, "flops_per_step": flops_per_step,
             "mfu": flops_per_step / step_s / peak if peak else None, "steps_timed": len(run["walls"])}
+
+
+def calibrate_blank(speech, cfg, manifest: Path, dropped: float) -> float:
+    """Shift the random CTC head's blank bias so that a fraction `dropped` of the frames of one batch has a blank
+    probability >= the PSD threshold (PSD drops them), as a trained CTC encoder's posteriors do; returns the shift.
+    With random weights every frame is otherwise kept and the audio modes would project ~10x more frames than a
+    real run. Both sides use this encoder."""
+    import torch
+    from reference_step import _records, features_batch
+
+    from tasu.model.encoders.base import length_mask
+
+    recs = _records(str(manifest))[: cfg.data.batch_size]
+    x, lengths, _ = features_batch(recs, cfg)
+    enc = speech.encoder
+    with torch.no_grad():
+        out = enc(x, lengths)
+        logits = out.logits.float()                                                   # [B, T, V]
+        margin = logits[..., 0] - torch.logsumexp(logits[..., 1:], dim=-1)            # log(p_blank / (1 - p_blank))
+        margin = margin[length_mask(out.lengths, logits.shape[1])]
+        thr = cfg.psd.blank_threshold
+        shift = math.log(thr / (1 - thr)) - float(torch.quantile(margin, 1.0 - dropped))
+        enc.ctc_head.out.bias[0] += shift
+    return shift
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's resident-set high-water mark (VmHWM), resettable with `reset_peak_rss`; None if unreadable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs), so the baseline's peak is its own."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+class TasuStep:
+    """tasu's training step as `tasu train` runs it (tasu/train/recipe.py, first stage, one rank): the stage model
+    from `build_stage_model`, the stage's freeze policy, the DeepSpeed engine with the recipe's ds config, the
+    recipe's `TrainStream` (simulated mode reads the transcripts only: no audio, no encoder), and per step
+    batch.to(device) -> engine forward -> the finite-loss check (a host read of the loss) -> engine backward ->
+    engine step (gradient clipping + fused AdamW) -> the logged LR and grad norm."""
+
+    def __init__(self, cfg, out: Path):
+        from tasu.data.expansion import speech_expansion
+        from tasu.data.loader import TrainStream
+        from tasu.model.freeze import apply_freeze, encoder_top_layers_regex
+        from tasu.text.prompts import PromptBuilder
+        from tasu.train.engine import Engine, build_ds_config
+        from tasu.train.recipe import build_stage_model, seed_everything, simulation_for
+
+        t, stage = cfg.train, cfg.stages[0]
+        self.mode = stage.mode
+        seed_everything(t.seed)
+        model = build_stage_model(cfg, 0, out)
+        top = encoder_top_layers_regex(model, stage.encoder_top_layers)
+        apply_freeze(model, stage.trainable, stage.trainable_regex + top, stage.frozen_regex)
+        ds_config = build_ds_config(t, cfg.data.batch_size, 1, mixed_graphs=stage.mode not in ("simulated", "ctc"))
+        lr = stage.lr if stage.lr is not None else t.lr
+        warmup = stage.warmup_steps if stage.warmup_steps is not None else t.warmup_steps
+        self.engine = Engine(model, t, ds_config, lr, warmup, cfg.stage_steps(stage))
+        self.speech = self.engine.module
+        pb = PromptBuilder.from_config(cfg.prompts, self.speech.llm_tokenizer)
+        sources = stage.train_data or cfg.data.train
+        sim = simulation_for(cfg, sources, self.speech.ctc_tokenizer, 0)
+        self.stream = iter(TrainStream(cfg.data, sources, stage.mode, self.speech.ctc_tokenizer, pb, sim, rank=0,
+                                       world_size=1, seed=t.seed,
+                                       expansion=speech_expansion(self.speech, stage.mode, cfg.data)))
+        self.marks: dict[str, float] | None = None   # phase timestamps, only while `phases` runs
+
+    def next_batch(self):
+        return next(self.stream)
+
+    def _mark(self, name: str) -> None:
+        if self.marks is not None:
+            self.marks[name] = time.perf_counter()
+
+    def step(self, batch) -> dict:
+        from tasu.train.recipe import _padded_frames
+
+        engine = self.engine
+        batch = batch.to(engine.device)
+        mode = "simulated" if batch.is_text_only else self.mode
+        loss, ntok = engine.forward(batch, mode)
+        if not math.isfinite(float(loss.detach())):
+            raise RuntimeError(f"non-finite loss in the benchmark step (keys {batch.keys[:4]})")
+        self._mark("fwd_end")
+        engine.backward(loss)
+        self._mark("bwd_end")
+        engine.step()
+        self._mark("step_end")
+        engine.lr(), engine.grad_norm()                      # what the recipe logs every step
+        return {"samples": len(batch), "tokens": ntok, "audio_seconds": batch.audio_seconds,
+                "frames": batch.num_frames(), "padded": _padded_frames(batch)}
+
+    def phases(self, steps: int) -> dict[str, float]:
+        """Median seconds per phase over `steps` extra steps (CPU only: no asynchronous work to wait for), timed
+        by module hooks on the same engine step: loader; before_projector (batch.to, the engine's forward entry;
+        in audio modes also the encoder and PSD); projector forward; LLM forward + splice + loss; LLM backward
+        (down to the projector's output); projector backward (+ DeepSpeed's backward epilogue); optimizer step
+        (gradient clipping + AdamW + scheduler)."""
+        import statistics
+
+        speech, marks = self.speech, {}
+        self.marks = marks
+
+        def mark(name):
+            return lambda *a: marks.__setitem__(name, time.perf_counter())
+
+        def out_hook(module, args, out):
+            marks["proj_out"] = time.perf_counter()
+            out[0].register_hook(lambda g: marks.__setitem__("proj_grad", time.perf_counter()))
+
+        hooks = [speech.projector.register_forward_pre_hook(mark("proj_in")),
+                 speech.projector.register_forward_hook(out_hook)]
+        rows = []
+        try:
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                batch = self.next_batch()
+                t1 = time.perf_counter()
+                self.step(batch)
+                rows.append({"loader": t1 - t0, "projector_forward": marks["proj_out"] - marks["proj_in"],
+                             "llm_forward_splice_loss": marks["fwd_end"] - marks["proj_out"],
+                             "llm_backward": marks["proj_grad"] - marks["fwd_end"],
+                             "projector_backward": marks["bwd_end"] - marks["proj_grad"],
+                             "optimizer_step": marks["step_end"] - marks["bwd_end"],
+                             "before_projector": marks["proj_in"] - t1})
+                marks.clear()
+        finally:
+            self.marks = None
+            for h in hooks:
+                h.remove()
+        return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
 
 
 def main(argv=None) -> int:
@@ -147,9 +305,19 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--baseline-steps", type=int, default=None, help="timed baseline steps (default: steps // 2, "
+                    "at least 3)")
+    ap.add_argument("--phase-steps", type=int, default=4, help="extra tasu steps timed phase by phase (CPU; 0: none)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--llm-hidden", type=int, default=256)
     ap.add_argument("--llm-layers", type=int, default=4)
+    ap.add_argument("--llm-vocab", type=int, default=512,
+                    help="BPE vocabulary requested from the tiny LLM tokenizer (512 gives ~1 token per word on "
+                         "the tiny text; 64 gives ~4.6, nearly characters)")
+    ap.add_argument("--units", choices=["word", "char"], default="word",
+                    help="CTC units padded to V = 25055: word (~1 CPS frame per word, as a 25k BPE) or char")
+    ap.add_argument("--blank-dropped", type=float, default=0.74,
+                    help="fraction of encoder frames made blank-dominant (PSD drops them; 0.74 as in kernels_cpu.json)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--peak-tflops", type=float, default=None, help="device peak (GPU); CPU peak is measured")
     ap.add_argument("--no-baseline", action="store_true")
@@ -164,74 +332,73 @@ def main(argv=None) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     from tasu import backend
-    from tasu.data.loader import TrainStream
-    from tasu.model.build import build_speech_llm
-    from tasu.model.freeze import apply_freeze
-    from tasu.text.prompts import PromptBuilder, load_prompts
-    from tasu.train.engine import Engine, build_ds_config, init_distributed
+    from tasu.train.engine import init_distributed
 
     torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()[0]
     init_distributed()
     tmp = Path(tempfile.mkdtemp(prefix="bench_step_"))
-    text, manifest = make_corpus(tmp, args.utterances, args.sentences_per_utterance)
-    cfg = build_config(args.mode, tmp, args.llm_hidden, args.llm_layers, args.batch, text, manifest)
-    torch.manual_seed(0)
-    model = build_speech_llm(cfg)
-    apply_freeze(model, ["projector"])
-    engine = Engine(model, cfg.train, build_ds_config(cfg.train, args.batch, 1), 1e-4, 0, 10**6)
-    speech = engine.module
-    pb = PromptBuilder(speech.llm_tokenizer, load_prompts())
-    stream = iter(TrainStream(cfg.data, cfg.data.train, args.mode, speech.ctc_tokenizer, pb, cfg.simulation,
-                              rank=0, world_size=1, seed=0))
-    dev = engine.device
-
-    def batch_stats(batch, ntok):
-        from tasu.train.recipe import _padded_frames
-
-        return {"samples": len(batch), "tokens": ntok, "audio_seconds": batch.audio_seconds,
-                "frames": batch.num_frames(), "padded": _padded_frames(batch)}
-
-    def tasu_step(batch):
-        batch = batch.to(dev)
-        loss, ntok = engine.forward(batch, args.mode)
-        engine.backward(loss)
-        engine.step()
-        return batch_stats(batch, ntok)
+    text, manifest, utts = make_corpus(tmp, args.utterances, args.sentences_per_utterance)
+    cfg = build_config(args.mode, tmp, args, text, manifest, utts)
+    tasu = TasuStep(cfg, tmp / "run")
+    speech = tasu.speech
+    if speech.ctc_tokenizer.vocab_size != V_CTC:
+        raise RuntimeError(f"CTC vocabulary is {speech.ctc_tokenizer.vocab_size}, the benchmark fixes V = {V_CTC}")
+    blank_shift = calibrate_blank(speech, cfg, manifest, args.blank_dropped)
 
     with FlopCounterMode(display=False) as fc:
-        tasu_step(next(stream))
+        tasu.step(tasu.next_batch())
     tasu_flops = fc.get_total_flops()
     peak = args.peak_tflops * 1e12 if args.peak_tflops else measured_peak_flops(backend.device())
     backend.reset_peak_memory()
-    tasu_run = time_steps(tasu_step, lambda: next(stream), args.steps, args.warmup)
+    own_peak = args.device == "cpu" and reset_peak_rss()      # not the calibration's encoder pass
+    tasu_run = time_steps(tasu.step, tasu.next_batch, args.steps, args.warmup)
     result = {"mode": args.mode, "tasu": summarise(tasu_run, tasu_flops, peak),
-              "tasu_peak_memory_bytes": backend.peak_memory_bytes()}
+              "tasu_peak_memory_bytes": peak_rss_bytes() if own_peak else backend.peak_memory_bytes(),
+              "peak_memory_method": ("VmHWM reset before each side's timed steps (each side's own peak)" if own_peak
+                                     else "device peak allocation / process peak")}
+    if args.device == "cpu" and args.phase_steps:
+        result["tasu"]["phases_s_median"] = tasu.phases(args.phase_steps)
 
     if not args.no_baseline and args.mode in ("simulated", "posterior"):
         from reference_step import ReferenceStep
 
-        ref = ReferenceStep(speech, cfg, args.mode, dev, manifest)
+        own_peak = args.device == "cpu" and reset_peak_rss()
+        backend.reset_peak_memory()
+        ref = ReferenceStep(speech, cfg, args.mode, tasu.engine.device, manifest)
         with FlopCounterMode(display=False) as fc:
             ref.step(next(ref.batches))
-        ref_run = time_steps(ref.step, lambda: next(ref.batches), max(3, args.steps // 2), 1)
+        n_ref = args.baseline_steps or max(3, args.steps // 2)
+        ref_run = time_steps(ref.step, lambda: next(ref.batches), n_ref, 1)
         result["baseline"] = summarise(ref_run, fc.get_total_flops(), peak)
-        result["baseline_peak_memory_bytes"] = backend.peak_memory_bytes()
+        phases = [st["phases"] for st in ref_run["stats"]]
+        result["baseline"]["phases_s_median"] = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
+        result["baseline_peak_memory_bytes"] = peak_rss_bytes() if own_peak else backend.peak_memory_bytes()
         result["speedup"] = result["tasu"]["samples_per_s"] / result["baseline"]["samples_per_s"]
+    llm = speech.llm.config
     result.update({
         "device": args.device if args.device != "cpu" else f"cpu: {cpu_name()}",
         "threads": args.threads, "peak_flops": peak,
         "peak_flops_method": "given" if args.peak_tflops else "measured 2048^3 fp32 matmul, same threads",
-        "commit": commit(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-        "load_average_1min_at_end": os.getloadavg()[0],
-        "config": {"V_ctc": V_CTC, "encoder": "whisper tiny shape (random)", "projector": "linear-silu 2048",
-                   "llm_hidden": args.llm_hidden, "llm_layers": args.llm_layers, "batch": args.batch,
-                   "precision": "fp32", "zero_stage": 0, "steps": args.steps, "warmup": args.warmup,
-                   "utterances": args.utterances, "sentences_per_utterance": args.sentences_per_utterance,
-                   "optimizer": "torch AdamW (fused where available) on both sides"},
+        "commit": git_commit(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+        "load_average_1min_at_start": load_start, "load_average_1min_at_end": os.getloadavg()[0],
+        "config": {"V_ctc": V_CTC, "ctc_units": args.units, "encoder": "whisper tiny shape (random), linear CTC head",
+                   "encoder_frames_dropped_by_psd": args.blank_dropped, "ctc_blank_bias_shift": blank_shift,
+                   "projector": "linear-silu: LayerNorm(V) -> Linear(V, 2048) -> SiLU -> Linear(2048, H)",
+                   "projector_params": sum(p.numel() for p in speech.projector.parameters()),
+                   "llm": {"hidden": llm.hidden_size, "layers": llm.num_hidden_layers,
+                           "intermediate": llm.intermediate_size, "heads": llm.num_attention_heads,
+                           "vocab": llm.vocab_size, "params": sum(p.numel() for p in speech.llm.parameters()),
+                           "frozen": True},
+                   "batch": args.batch, "precision": "fp32", "zero_stage": 0, "steps": args.steps,
+                   "warmup": args.warmup, "utterances": args.utterances,
+                   "sentences_per_utterance": args.sentences_per_utterance,
+                   "optimizer": "torch AdamW (fused where available) on both sides, same gradient clipping"},
     })
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"step_{args.device}_{args.mode}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+    shutil.rmtree(tmp, ignore_errors=True)                  # the synthetic corpus and unit list
     print(json.dumps({k: result[k] for k in ("mode", "speedup") if k in result}), "->", out)
     return 0
 

@@ -13,6 +13,7 @@
     tasu config CONFIG [key=value ...]        print the effective config (validated)
     tasu presets                              list shipped configs
     tasu demo [--quick] [--workdir DIR]       real end-to-end TASU on this CPU (registry-shipped models) + report
+    tasu bench step|kernels|loader|scaling [...]   the benchmarks of benchmarks/ (a source checkout)
 
 The deepspeed launcher inserts `--local_rank=N` before the subcommand; it is accepted and ignored (LOCAL_RANK is
 also in the environment).
@@ -46,10 +47,38 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("eval", help="`tasu eval report RESULTS...`: score result files; `tasu eval run MODEL --data F "
                                 "--out R`: decode with a trained model", add_help=False)
     sub.add_parser("ctc", help="`tasu ctc eval|export-posteriors ...`: a trained CTC model", add_help=False)
+    sub.add_parser("bench", help="`tasu bench step|kernels|loader|scaling [...]`: run a benchmark of benchmarks/",
+                   add_help=False)
     sub.add_parser("demo", help="`tasu demo [--quick] [--workdir DIR]`: real end-to-end TASU + report",
                    add_help=False)
     sub.add_parser("units", help="`tasu units fit|assign CONFIG ...`: k-means speech units (TASTE)", add_help=False)
     return p
+
+
+BENCHMARKS = ("step", "kernels", "loader", "scaling")
+
+
+def _bench(argv: list[str]) -> int:
+    """`tasu bench NAME ARGS`: benchmarks/bench_NAME.py of the source checkout tasu runs from (benchmarks are not
+    part of the installed package: they carry the reference-style baselines)."""
+    import runpy
+
+    from tasu.provenance import REPO_ROOT
+
+    if not argv or argv[0] not in BENCHMARKS:
+        print(f"usage: tasu bench {{{'|'.join(BENCHMARKS)}}} [ARGS...]", file=sys.stderr)
+        return 2
+    script = REPO_ROOT / "benchmarks" / f"bench_{argv[0]}.py"
+    if not script.is_file():
+        print(f"tasu bench: {script} not found: benchmarks run from a source checkout (pip install -e .)",
+              file=sys.stderr)
+        return 2
+    sys.argv = [str(script), *argv[1:]]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
 
 
 def _reporting_errors(name: str, fn, argv: list[str]) -> int:
@@ -85,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         from tasu.taste.unit_discovery import units_main
 
         return _reporting_errors("units", units_main, rest[1:])
+    if rest and rest[0] == "bench":
+        return _bench(rest[1:])
     if rest and rest[0] == "demo":
         from tasu.demo.run import demo_main
 

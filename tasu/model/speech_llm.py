@@ -70,8 +70,11 @@ class SpeechLLM(nn.Module):
         if batch.feats is None:
             raise ValueError(f"{mode} mode needs acoustic features; got a text-only batch (keys {batch.keys[:3]})")
         layers = self.feature_layers if mode == "features" else ()
-        post = self.encoder.posteriors(batch.feats, batch.feat_lengths, hidden_layers=layers)
-        if self.ctc_weight > 0 and self.training and batch.ctc_targets is not None:
+        ctc = self.ctc_weight > 0 and self.training and batch.ctc_targets is not None
+        # log-probs only for the CTC loss: PSD and the projectors read probabilities, and a second fp32 [B, T, V]
+        # tensor costs ~0.5 s a step at V = 25055 on CPU (benchmarks/README.md)
+        post = self.encoder.posteriors(batch.feats, batch.feat_lengths, hidden_layers=layers, log_probs=ctc)
+        if ctc:
             self._aux_loss = self.ctc_weight * self.ctc_loss(post, batch.ctc_targets)
         if self.psd_threshold is not None:
             # projectors read probabilities (and features) only: no merged log-probs, so PSD runs as the

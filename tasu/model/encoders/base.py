@@ -51,15 +51,21 @@ class CTCEncoder(nn.Module):
         """[B] encoder frames produced from [B] feature frames."""
         raise NotImplementedError
 
-    def posteriors(self, feats: Tensor, feat_lengths: Tensor, hidden_layers: Sequence[int] = ()) -> Posteriors:
-        """CTC posteriors (log_softmax in fp32); `features` = the requested hidden state(s), concatenated on D."""
+    def posteriors(self, feats: Tensor, feat_lengths: Tensor, hidden_layers: Sequence[int] = (),
+                   log_probs: bool = True) -> Posteriors:
+        """CTC posteriors (log_softmax in fp32); `features` = the requested hidden state(s), concatenated on D.
+        `log_probs=False`: probabilities only (one softmax: no second [B, T, V] tensor for consumers that read
+        probabilities only, e.g. PSD + projector)."""
         out = self(feats, feat_lengths, hidden_layers)
-        log_probs = torch.log_softmax(out.logits.float(), dim=-1)
         features = None
         if out.hidden:
             features = out.hidden[0] if len(out.hidden) == 1 else torch.cat(out.hidden, dim=-1)
-        return Posteriors(lengths=out.lengths, vocab_size=self.vocab_size, probs=log_probs.exp(),
-                          log_probs=log_probs, features=features)
+        if not log_probs:
+            return Posteriors(lengths=out.lengths, vocab_size=self.vocab_size,
+                              probs=torch.softmax(out.logits.float(), dim=-1), features=features)
+        lp = torch.log_softmax(out.logits.float(), dim=-1)
+        return Posteriors(lengths=out.lengths, vocab_size=self.vocab_size, probs=lp.exp(), log_probs=lp,
+                          features=features)
 
     def resolve_layers(self, hidden_layers: Sequence[int]) -> list[int]:
         """Requested hidden indices -> non-negative indices in [0, num_layers]; clear error when out of range."""
