@@ -102,3 +102,16 @@ def test_quick_demo_end_to_end(tmp_path):
     # the text-only system never read audio: its run's data are the text shards
     cfg = (work / "runs" / "tasu_text" / "config.yaml").read_text()
     assert "text_shards" in cfg and "audio_shards" not in cfg
+
+
+def test_missing_assets_say_what_to_install(monkeypatch, tmp_path):
+    from tasu.demo import assets
+
+    with pytest.raises(assets.MissingAsset, match="pip install --no-deps no-such-pkg==1"):
+        assets.package_dir("no_such_pkg_for_tasu", "no-such-pkg==1")
+    monkeypatch.setenv("ASSETS_DIR", str(tmp_path))
+    with pytest.raises(assets.MissingAsset, match="install_assets.sh"):
+        assets.botchan_text()
+    (tmp_path / "botchan.txt").write_text("not the novel")
+    with pytest.raises(assets.MissingAsset, match="not the Project Gutenberg Botchan"):
+        assets.botchan_text()
