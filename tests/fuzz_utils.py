@@ -56,3 +56,16 @@ def fuzz_tests(small: int, big: int, **strategies):
         slow.pytestmark = [*getattr(slow, "pytestmark", []), pytest.mark.slow.mark]  # also works on lambdas
         return make(small), slow
     return deco
+
+
+def nonblank_lines(raw: list[bytes]) -> list[int]:
+    """Line numbers (1-based) of a manifest that must yield exactly one item: non-blank after decoding (UTF-8, a
+    BOM allowed on line 1), or undecodable."""
+    out = []
+    for n, r in enumerate(raw, 1):
+        try:
+            if r.decode("utf-8-sig" if n == 1 else "utf-8").strip():
+                out.append(n)
+        except UnicodeDecodeError:
+            out.append(n)
+    return out

@@ -21,6 +21,8 @@ from tasu.data.shard import ShardError, ShardOptions, shard_main, write_shards
 from tasu.data.shard_index import read_index
 from tasu.data.tar_io import read_range
 
+from .fuzz_utils import nonblank_lines
+
 
 def tone(seconds: float, rate: int, f: float = 300.0) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
@@ -277,13 +279,7 @@ def test_garbage_manifests_never_crash_and_every_record_is_accounted_for(tmp_pat
         s = None
     good_lines = [x["meta"]["source"]["line"] for x in samples(work / "out")] if s is not None else []
     bad_lines = [b.line for b in reported]
-    records = []
-    for n, r in enumerate(raw, 1):
-        try:
-            if r.decode("utf-8-sig" if n == 1 else "utf-8").strip():
-                records.append(n)
-        except UnicodeDecodeError:
-            records.append(n)
+    records = nonblank_lines(raw)
     assert sorted(good_lines + bad_lines) == records  # each non-blank line: one sample or one report
     assert all(b.reason and b.file.endswith("m.jsonl") for b in reported)
     if s is not None:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tasu.data.manifests import BadRecord, Record, read_manifest
 
 from .fuzz_strategies import as_bytes, json_values, manifest_lines, records
-from .fuzz_utils import fuzz_tests, tally, write_tally
+from .fuzz_utils import fuzz_tests, nonblank_lines, tally, write_tally
 
 REASONS = {"bad_field_type", "missing_field", "empty_text", "not_an_object", "invalid_text", "bad_conversation",
            "audio_count_mismatch", "unreadable_file", "invalid_utf8", "invalid_json"}
@@ -23,18 +23,6 @@ REASONS = {"bad_field_type", "missing_field", "empty_text", "not_an_object", "in
 def _tally():
     yield
     write_tally(__name__)
-
-
-def _nonblank_lines(raw: list[bytes]) -> list[int]:
-    """Line numbers that must yield exactly one item: non-blank after decoding, or undecodable."""
-    out = []
-    for n, r in enumerate(raw, 1):
-        try:
-            if r.decode("utf-8-sig" if n == 1 else "utf-8").strip():
-                out.append(n)
-        except UnicodeDecodeError:
-            out.append(n)
-    return out
 
 
 def _check_item(item, file: str) -> None:
@@ -58,7 +46,7 @@ def _lines_body(lines: list[str | bytes], suffix: str) -> None:
         items = list(read_manifest(path))
     for it in items:
         _check_item(it, str(path))
-    assert [it.line for it in items] == _nonblank_lines(raw)  # one item per record line, in order
+    assert [it.line for it in items] == nonblank_lines(raw)  # one item per record line, in order
     bad = sum(isinstance(it, BadRecord) for it in items)
     tally(f"manifest{suffix}", inputs=1, lines=len(raw), records=len(items) - bad, bad=bad)
 

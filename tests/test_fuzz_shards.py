@@ -30,7 +30,7 @@ from tasu.data.sources import ResolvedSource, read_part
 from tasu.data.tar_io import ShardTarWriter, TarFault, read_range
 
 from .fuzz_strategies import as_bytes, json_values, manifest_lines, mutated
-from .fuzz_utils import fuzz_tests, tally, write_tally
+from .fuzz_utils import fuzz_tests, nonblank_lines, tally, write_tally
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -75,13 +75,7 @@ def _shard_body(lines: list, garbage_audio: bytes) -> None:
             assert s.samples == len(good) and s.num_bad == len(reported)
         else:
             assert not (work / "out").exists()
-        expected = []
-        for n, r in enumerate(raw, 1):
-            try:
-                if r.decode("utf-8-sig" if n == 1 else "utf-8").strip():
-                    expected.append(n)
-            except UnicodeDecodeError:
-                expected.append(n)
+        expected = nonblank_lines(raw)
         assert sorted(good + [b.line for b in reported]) == expected  # read + skipped == total
         assert all(b.reason and b.line >= 1 for b in reported)
     tally("tasu shard", inputs=1, lines=len(expected), written=len(good), bad=len(reported))

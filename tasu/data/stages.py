@@ -85,6 +85,17 @@ class Stage:
         return f"{type(self).__name__}(reads={self.reads}, writes={self.writes})"
 
 
+def required_ctc_ids(tokenizer, s: dict, why: str) -> tuple[str, list[int]]:
+    """(meta['GT'], its CTC unit ids); a missing transcript or one with no CTC unit is a SampleError."""
+    gt = s["meta"].get("GT") or ""
+    if not gt.strip():
+        raise SampleError("no_transcript", why)
+    ids = list(tokenizer.encode(gt))
+    if not ids:
+        raise SampleError("empty_ctc", f"no CTC unit in the transcript {gt[:60]!r}")
+    return gt, ids
+
+
 class TokenizeCTC(Stage):
     """CTC-tokenizer ids of the transcript meta['GT'] (the text simulated into posteriors)."""
 
@@ -95,13 +106,8 @@ class TokenizeCTC(Stage):
         self.tokenizer = tokenizer
 
     def __call__(self, s: dict) -> dict:
-        gt = s["meta"].get("GT") or ""
-        if not gt.strip():
-            raise SampleError("no_transcript", "no GT transcript to simulate (text-only use needs one)")
-        ids = self.tokenizer.encode(gt)
-        if not ids:
-            raise SampleError("empty_ctc", f"no CTC unit in the transcript {gt[:60]!r}")
-        return {**s, "ctc_ids": list(ids)}
+        _, ids = required_ctc_ids(self.tokenizer, s, "no GT transcript to simulate (text-only use needs one)")
+        return {**s, "ctc_ids": ids}
 
 
 class CTCTargets(Stage):
@@ -129,12 +135,7 @@ class CTCLabels(Stage):
         self.tokenizer = tokenizer
 
     def __call__(self, s: dict) -> dict:
-        gt = s["meta"].get("GT") or ""
-        if not gt.strip():
-            raise SampleError("no_transcript", "ctc mode needs the record's GT transcript")
-        ids = list(self.tokenizer.encode(gt))
-        if not ids:
-            raise SampleError("empty_ctc", f"no CTC unit in the transcript {gt[:60]!r}")
+        gt, ids = required_ctc_ids(self.tokenizer, s, "ctc mode needs the record's GT transcript")
         return {**s, "ctc_targets": ids, "task": s["meta"].get("task") or "ASR", "prompt_prefix": [],
                 "prompt_suffix": [], "answer": [], "reference": gt}
 

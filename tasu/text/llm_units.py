@@ -123,9 +123,8 @@ class LLMUnitTokenizer(CTCTokenizer):
             for h in hf_tokenizer.encode(" " + w, add_special_tokens=False):
                 counts[h] += n
         inv = {i: t for t, i in vocab.items()}
-        units = [inv[h] for h, _ in counts.most_common()]
         for _ in range(rounds):
-            keep = [u for u in units if counts_str(counts, inv).get(u, 0) >= min_count]
+            keep = [inv[h] for h, n in counts.most_common() if n >= min_count]
             if max_units:
                 keep = keep[: max(0, max_units - len(letters))]
             tok = cls(hf_tokenizer, list(dict.fromkeys(keep + letters)))
@@ -133,9 +132,5 @@ class LLMUnitTokenizer(CTCTokenizer):
             for w, n in words.items():
                 for t in tok._word(w):
                     counts[tok.hf_ids[t - 1]] += n
-            units = [inv[h] for h, _ in counts.most_common()]
         return tok
 
-
-def counts_str(counts: collections.Counter, inv: dict[int, str]) -> dict[str, int]:
-    return {inv[h]: n for h, n in counts.items()}
