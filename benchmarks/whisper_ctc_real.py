@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tasu.config.loader import load_config  # noqa: E402
-from tasu.demo.assets import MissingAsset, botchan_text, real_test_manifest, whisper_tiny_en  # noqa: E402
+from tasu.demo.assets import MissingAsset, botchan_text, read_jsonl, real_test_manifest, whisper_tiny_en  # noqa: E402
 from tasu.demo.ctc_head import HeadTraining, cache_states, train_head  # noqa: E402
 from tasu.eval.ctc_eval import ctc_batches, evaluate_ctc  # noqa: E402
 from tasu.eval.metrics import cer  # noqa: E402
@@ -54,10 +54,6 @@ def sentences(n_dev: int, seed: int) -> tuple[list[str], list[str]]:
     sents = tts_sentences(botchan_text())
     random.Random(seed).shuffle(sents)
     return sents[n_dev:], sents[:n_dev]
-
-
-def read_manifest(path: Path) -> list[dict]:
-    return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,12 +116,12 @@ def run(argv: list[str] | None = None) -> int:
     for name, manifest in (("train", train_manifest), ("aug", aug_manifest)):
         if manifest is None:
             continue
-        recs = read_manifest(manifest)
+        recs = read_jsonl(manifest)
         parts += [cache_states(model.encoder, [r for r in recs if r["voice"] == v], manifest.parent,
                                work / "states" / f"{name}-{v}-{args.per_voice}.pt") for v in voices]
     train = {k: [x for part in parts for x in part[k]] for k in ("keys", "texts", "voices", "states")}
     train["seconds"] = sum(part["seconds"] for part in parts)
-    dev = cache_states(model.encoder, read_manifest(dev_manifest), dev_manifest.parent, work / "states" / "dev.pt")
+    dev = cache_states(model.encoder, read_jsonl(dev_manifest), dev_manifest.parent, work / "states" / "dev.pt")
     log.info("cached states: %d train clips, %d dev clips", len(train["keys"]), len(dev["keys"]))
 
     # 4: the head

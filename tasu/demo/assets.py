@@ -81,6 +81,11 @@ def smollm2_dir(cache: Path | None = None) -> Path:
     return cache
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The JSON objects of a JSON-lines file written by the demo (tts manifests, result files), blank lines skipped."""
+    return [json.loads(ln) for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
 def botchan_text() -> str:
     """Botchan (Natsume Soseki, tr. 1918; public domain), the novel only: the sentencepiece sdist's
     test/botchan.txt, extracted by launch/install_assets.sh."""

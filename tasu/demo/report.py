@@ -16,7 +16,7 @@ from tasu.provenance import cpu_name, git_commit
 
 def targets(scores: dict) -> list[dict]:
     """The demo issue's targets on the held-out voices, each with its numbers and whether it is met."""
-    s = {k: v["wer_heldout"] for k, v in scores.items() if isinstance(v, dict)}
+    s = {k: v["wer_heldout"] for k, v in scores.items()}
     out = [
         {"target": "text-only TASU WER <= 1.3 x audio-trained projector WER (held-out voices)",
          "value": s["tasu_text"], "bound": 1.3 * s["audio"], "met": s["tasu_text"] <= 1.3 * s["audio"]},
@@ -39,8 +39,6 @@ def loss_plot(systems: dict, path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, info in systems.items():
-        if not isinstance(info, dict):   # the step's own timing
-            continue
         recs = read_metrics(Path(info["run_dir"]))
         if not recs:
             continue
@@ -63,7 +61,7 @@ def build_report(work, data: dict, ctc: dict, systems: dict, scores: dict) -> li
 
     plan = work.plan
     tg = targets(scores)
-    step_seconds = {step: (work.result(step) or {}).get("step_seconds") for step in STEPS if step != "report"}
+    step_seconds = {step: work.seconds(step) for step in STEPS if step != "report"}
     rep = {
         "demo": "tasu demo", "preset": plan.name,
         "wall_seconds": {"steps": step_seconds, "total": sum(v for v in step_seconds.values() if v)},

@@ -55,15 +55,34 @@ class Workdir:
         else:
             marker.write_text(json.dumps(mine) + "\n", encoding="utf-8")
 
-    def result(self, step: str) -> dict | None:
+    def _load(self, step: str) -> dict | None:
         p = self.root / "steps" / f"{step}.json"
         return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
 
-    def save(self, step: str, result: dict) -> None:
-        p = self.root / "steps" / f"{step}.json"
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(p)
+    def result(self, step: str) -> dict | None:
+        out = self._load(step)
+        if out is not None:
+            out.pop("step_seconds", None)   # workdirs of earlier tasu versions kept the timing inside the result
+        return out
+
+    def seconds(self, step: str) -> float | None:
+        """Wall time the finished `step` took (kept beside the results, in steps/timing.json)."""
+        p = self.root / "steps" / "timing.json"
+        timing = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+        return timing.get(step, (self._load(step) or {}).get("step_seconds"))
+
+    def save(self, step: str, result: dict, seconds: float | None = None) -> None:
+        if seconds is not None:
+            timing = self.root / "steps" / "timing.json"
+            _write_json(timing, {**(json.loads(timing.read_text(encoding="utf-8")) if timing.is_file() else {}),
+                                 step: seconds})
+        _write_json(self.root / "steps" / f"{step}.json", result)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
 
 
 def run_step(work: Workdir, step: str, fn: Callable[[], dict]) -> dict:
@@ -74,9 +93,9 @@ def run_step(work: Workdir, step: str, fn: Callable[[], dict]) -> dict:
     log.info("[%s] ...", step)
     t0 = time.perf_counter()
     out = fn()
-    out["step_seconds"] = time.perf_counter() - t0
-    work.save(step, out)
-    log.info("[%s] finished in %.0f s", step, out["step_seconds"])
+    seconds = time.perf_counter() - t0
+    work.save(step, out, seconds)
+    log.info("[%s] finished in %.0f s", step, seconds)
     return out
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -101,17 +100,9 @@ def prepare_data(work: Workdir, assets: dict) -> dict:
             "text_shards": str(d / "text_shards"), "audio_shards": str(d / "audio_shards"),
             "audio_half_shards": str(d / "audio_half_shards"),
             "clips": {"train": audio.samples, "train_half": audio_half.samples, "text_only": text_shards.samples,
-                      "dev": _count(dev), "heldout": _count(heldout)},
+                      "dev": len(A.read_jsonl(dev)), "heldout": len(A.read_jsonl(heldout))},
             "train_audio_hours": audio.audio_seconds / 3600,
             "skipped_records": {"audio": audio.bad, "audio_half": audio_half.bad, "text_only": text_shards.bad}}
-
-
-def _count(manifest: str | Path) -> int:
-    return sum(1 for ln in Path(manifest).read_text(encoding="utf-8").splitlines() if ln.strip())
-
-
-def _records(manifest: str | Path) -> list[dict]:
-    return [json.loads(ln) for ln in Path(manifest).read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
 # ---- 3. CTC head over SmolLM2 units --------------------------------------------------------------------------------
@@ -127,8 +118,7 @@ def train_ctc(work: Workdir, assets: dict, data: dict) -> dict:
     plan = work.plan
     c = work.root / "ctc"
     c.mkdir(exist_ok=True)
-    train_recs = [(Path(m).parent, r) for m in data["train_manifests"] for r in _records(m)]
-    texts = sorted({r["GT"] for _, r in train_recs})
+    texts = sorted({r["GT"] for m in data["train_manifests"] for r in A.read_jsonl(m)})
     hf = AutoTokenizer.from_pretrained(assets["llm"])
     units = LLMUnitTokenizer.select(hf, texts, min_count=plan.unit_min_count)
     units.save(c / "units.json")
@@ -144,7 +134,7 @@ def train_ctc(work: Workdir, assets: dict, data: dict) -> dict:
     enc = model.encoder
 
     def states(name: str, manifests: list[str]) -> dict:
-        recs = [(Path(m).parent, r) for m in manifests for r in _records(m)]
+        recs = [(Path(m).parent, r) for m in manifests for r in A.read_jsonl(m)]
         bar = _progress(len(recs), f"encoder states ({name})")
         parts = []
         for root in dict.fromkeys(p for p, _ in recs):   # one cache file per manifest folder
