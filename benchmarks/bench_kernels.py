@@ -83,6 +83,8 @@ NOTES = {
     "ctc_loss_train": "both sides return the dense [B, T, V] logit gradient; 50 random target labels per row",
 }
 REPEATS = {"psd_compress": 3, "posterior_embed": 3, "ctc_loss": 3, "sim_project": 7}
+# GPU calls take milliseconds (the per-frame PSD baseline ~1 s): more repeats for a stable minimum
+REPEATS_CUDA = {"psd_compress": 5, "posterior_embed": 20, "ctc_loss": 20, "sim_project": 30}
 
 
 # ------------------------------------------------------------------ baselines (the reference TASU code's way)
@@ -342,15 +344,14 @@ def environment(device: str, threads: int) -> dict:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
-        commit = head.stdout.strip() + ("+uncommitted-changes" if dirty.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        commit = "uncommitted"
+    from tasu.provenance import git_commit
+
+    commit = git_commit()
     desc = f"{cpu}; {threads} torch thread(s) of {os.cpu_count()} logical CPUs"
     if device != "cpu":
-        desc = f"{device} (accelerator name not queried here); host {desc}"
+        from tasu import backend
+
+        desc = f"{device}: {backend.device_name()}; host {desc}"
     return dict(device=desc, commit=commit, torch=torch.__version__, python=sys.version.split()[0])
 
 
@@ -382,7 +383,8 @@ def main() -> None:
         return
     if a.measure_time:
         case, which = a.measure_time
-        print(json.dumps(measure_time(case, which, a.device, REPEATS[CASES[case]["op"]])))
+        repeats = (REPEATS if a.device == "cpu" else REPEATS_CUDA)[CASES[case]["op"]]
+        print(json.dumps(measure_time(case, which, a.device, repeats)))
         return
 
     impl = "cpu" if a.device == "cpu" else "triton"

@@ -63,17 +63,31 @@ from tasu.provenance import cpu_name, git_commit  # noqa: E402
 V_CTC = 25055
 
 
+# Dense bf16 tensor-core peaks from the vendors' datasheets (no sparsity), matched on the device name in order.
+DATASHEET_BF16_PEAK = [("H100 PCIe", 756e12), ("H100", 989.4e12), ("H200", 989.4e12), ("A100", 312e12)]
+
+
 def measured_peak_flops(device) -> float:
+    """Best FLOP/s of a few square matmuls: 2048^2 fp32 on CPU (same threads), 8192^2 bf16 on an accelerator."""
     import torch
 
-    a = torch.randn(2048, 2048, device=device)
-    b = torch.randn(2048, 2048, device=device)
+    from tasu import backend
+
+    n, dtype = (2048, torch.float32) if device.type == "cpu" else (8192, torch.bfloat16)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     best = float("inf")
-    for _ in range(5):
+    for _ in range(5 if device.type == "cpu" else 12):
+        backend.synchronize()
         t = time.perf_counter()
-        (a @ b).sum().item()
+        a @ b
+        backend.synchronize()
         best = min(best, time.perf_counter() - t)
-    return 2 * 2048**3 / best
+    return 2 * n**3 / best
+
+
+def datasheet_peak(name: str) -> float | None:
+    return next((peak for key, peak in DATASHEET_BF16_PEAK if key in name), None)
 
 
 def make_corpus(out_dir: Path, n: int, sentences_per_utt: int) -> tuple[Path, Path, list[str]]:
@@ -105,20 +119,36 @@ def write_units(path: Path, units: str, utts: list[str]) -> Path:
     return path
 
 
+def llm_folder(out_dir: Path, config_json: Path, vocab: int) -> Path:
+    """An HF folder for `model.llm.random_init`: the given config.json (the LLM's shape) beside the tiny BPE
+    tokenizer (the benchmark's text needs no more; the model keeps its config's full vocabulary and LM head)."""
+    from tasu.model.llm import build_tiny_tokenizer
+
+    folder = out_dir / "llm"
+    build_tiny_tokenizer(str(ROOT / "tasu/assets/tiny_text.txt"), vocab).save_pretrained(folder)
+    shutil.copyfile(config_json, folder / "config.json")
+    return folder
+
+
 def build_config(mode: str, out_dir: Path, args, text: Path, manifest: Path, utts: list[str]):
     from tasu.config.loader import load_config
 
     units = write_units(out_dir / "units.txt", args.units, utts)
     source = text if mode == "simulated" else manifest
     h = args.llm_hidden
+    if args.llm_config:
+        llm = ["model.llm.type=hf", f"model.llm.path={llm_folder(out_dir, Path(args.llm_config), args.llm_vocab)}",
+               "model.llm.random_init=true", f"model.llm.dtype={'bfloat16' if args.precision == 'bf16' else 'float32'}"]
+    else:
+        llm = [f"model.llm.hidden_size={h}", f"model.llm.num_layers={args.llm_layers}",
+               f"model.llm.intermediate_size={4 * h}", f"model.llm.num_heads={max(4, h // 64)}",
+               f"model.llm.vocab_size={args.llm_vocab}", "model.llm.pretrain_steps=0"]
     o = [f"output_dir={out_dir}/run", "model.ctc_tokenizer.type=list", f"model.ctc_tokenizer.path={units}",
          "model.encoder.type=whisper", "model.encoder.whisper_size=tiny", "model.projector.type=linear-silu",
-         "model.projector.hidden=2048", f"model.llm.hidden_size={h}", f"model.llm.num_layers={args.llm_layers}",
-         f"model.llm.intermediate_size={4 * h}", f"model.llm.num_heads={max(4, h // 64)}",
-         f"model.llm.vocab_size={args.llm_vocab}", "model.llm.pretrain_steps=0",
+         "model.projector.hidden=2048", *llm,
          f"data.batch_size={args.batch}", f"data.train=[{{path: '{source}'}}]", f"stages.0.mode={mode}",
          "stages.0.trainable=[projector]", "train.progress_bar=false", "train.tensorboard=false",
-         "data.shuffle_buffer=0"]
+         "data.shuffle_buffer=0", f"train.precision={args.precision}", f"train.zero_stage={args.zero_stage}"]
     if mode == "features":
         o.append("model.projector.type=linear")
     return load_config("tiny", o)
@@ -126,12 +156,15 @@ def build_config(mode: str, out_dir: Path, args, text: Path, manifest: Path, utt
 
 def time_steps(step_fn, next_batch, steps: int, warmup: int) -> dict:
     """Run warmup + steps; return per-step wall times and loader times (measured steps only)."""
+    from tasu import backend
+
     walls, waits, stats = [], [], []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
         batch = next_batch()
         t1 = time.perf_counter()
         info = step_fn(batch)
+        backend.synchronize()                         # accelerators: the step's queued work is part of its time
         t2 = time.perf_counter()
         if i >= warmup:
             walls.append(t2 - t0)
@@ -148,8 +181,10 @@ def summarise(run: dict, flops_per_step: float, peak: float) -> dict:
     frames = sum(s["frames"] for s in run["stats"])
     padded = sum(s["padded"] for s in run["stats"])
     step_s = statistics.median(run["walls"])
+    positions = [s.get("llm_positions") for s in run["stats"]]
     return {"samples_per_s": n / wall, "tokens_per_s": toks / wall, "audio_seconds_per_s": audio / wall,
             "step_time_s_median": step_s, "speech_frames_per_sample": frames / n,
+            "llm_seq_len_mean": sum(positions) / n if None not in positions else None,
             "padding_ratio": 1 - frames / padded if padded else 0.0,
             "loader_stall_fraction": sum(run["waits"]) / wall, "flops_per_step": flops_per_step,
             "mfu": flops_per_step / step_s / peak if peak else None, "steps_timed": len(run["walls"])}
@@ -168,8 +203,9 @@ def calibrate_blank(speech, cfg, manifest: Path, dropped: float) -> float:
     recs = _records(str(manifest))[: cfg.data.batch_size]
     x, lengths, _ = features_batch(recs, cfg)
     enc = speech.encoder
+    w = next(enc.parameters())
     with torch.no_grad():
-        out = enc(x, lengths)
+        out = enc(x.to(w.device, w.dtype), lengths.to(w.device))
         logits = out.logits.float()                                                   # [B, T, V]
         margin = logits[..., 0] - torch.logsumexp(logits[..., 1:], dim=-1)            # log(p_blank / (1 - p_blank))
         margin = margin[length_mask(out.lengths, logits.shape[1])]
@@ -255,8 +291,12 @@ class TasuStep:
         engine.step()
         self._mark("step_end")
         engine.lr(), engine.grad_norm()                      # what the recipe logs every step
+        positions = None                                     # LLM input positions (simulated: known from the batch)
+        if batch.posteriors is not None and batch.feat_lengths is None:
+            positions = batch.num_frames() + sum(len(p) + len(s) + len(a) for p, s, a in
+                                                 zip(batch.prompt_prefix, batch.prompt_suffix, batch.answer))
         return {"samples": len(batch), "tokens": ntok, "audio_seconds": batch.audio_seconds,
-                "frames": batch.num_frames(), "padded": _padded_frames(batch)}
+                "frames": batch.num_frames(), "padded": _padded_frames(batch), "llm_positions": positions}
 
     def phases(self, steps: int) -> dict[str, float]:
         """Median seconds per phase over `steps` extra steps (CPU only: no asynchronous work to wait for), timed
@@ -318,8 +358,14 @@ def main(argv=None) -> int:
                     help="CTC units padded to V = 25055: word (~1 CPS frame per word, as a 25k BPE) or char")
     ap.add_argument("--blank-dropped", type=float, default=0.74,
                     help="fraction of encoder frames made blank-dominant (PSD drops them; 0.74 as in kernels_cpu.json)")
+    ap.add_argument("--llm-config", default=None,
+                    help="HF config.json of the frozen LLM, built with random weights (e.g. "
+                         "benchmarks/configs/qwen2.5-1.5b.json); default: the tiny Llama of --llm-hidden/-layers")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--peak-tflops", type=float, default=None, help="device peak (GPU); CPU peak is measured")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="peak for MFU; default: CPU measured, GPU the datasheet's dense bf16 figure for its name")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--utterances", type=int, default=48, help="synthetic LibriSpeech-like utterances")
     ap.add_argument("--sentences-per-utterance", type=int, default=5)
@@ -349,11 +395,19 @@ def main(argv=None) -> int:
     with FlopCounterMode(display=False) as fc:
         tasu.step(tasu.next_batch())
     tasu_flops = fc.get_total_flops()
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else measured_peak_flops(backend.device())
+    measured_peak = measured_peak_flops(backend.device())
+    device_name = backend.device_name()
+    if args.peak_tflops:
+        peak, peak_method = args.peak_tflops * 1e12, "given (--peak-tflops)"
+    elif args.device != "cpu" and datasheet_peak(device_name):
+        peak, peak_method = datasheet_peak(device_name), f"datasheet dense bf16 peak of '{device_name}'"
+    else:
+        peak, peak_method = measured_peak, "measured 2048^3 fp32 matmul, same threads"
     backend.reset_peak_memory()
     own_peak = args.device == "cpu" and reset_peak_rss()      # not the calibration's encoder pass
     tasu_run = time_steps(tasu.step, tasu.next_batch, args.steps, args.warmup)
     result = {"mode": args.mode, "tasu": summarise(tasu_run, tasu_flops, peak),
+              "tasu_mfu_vs_measured_matmul": tasu_flops / statistics.median(tasu_run["walls"]) / measured_peak,
               "tasu_peak_memory_bytes": peak_rss_bytes() if own_peak else backend.peak_memory_bytes(),
               "peak_memory_method": ("VmHWM reset before each side's timed steps (each side's own peak)" if own_peak
                                      else "device peak allocation / process peak")}
@@ -377,20 +431,24 @@ def main(argv=None) -> int:
         result["speedup"] = result["tasu"]["samples_per_s"] / result["baseline"]["samples_per_s"]
     llm = speech.llm.config
     result.update({
-        "device": args.device if args.device != "cpu" else f"cpu: {cpu_name()}",
-        "threads": args.threads, "peak_flops": peak,
-        "peak_flops_method": "given" if args.peak_tflops else "measured 2048^3 fp32 matmul, same threads",
+        "device": device_name if args.device != "cpu" else f"cpu: {cpu_name()}",
+        "threads": args.threads, "peak_flops": peak, "peak_flops_method": peak_method,
+        "measured_matmul_flops": measured_peak,
+        "measured_matmul_method": "best of 2048^3 fp32 (CPU) / 8192^3 bf16 (GPU) matmuls in this run",
         "commit": git_commit(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
         "load_average_1min_at_start": load_start, "load_average_1min_at_end": os.getloadavg()[0],
         "config": {"V_ctc": V_CTC, "ctc_units": args.units, "encoder": "whisper tiny shape (random), linear CTC head",
                    "encoder_frames_dropped_by_psd": args.blank_dropped, "ctc_blank_bias_shift": blank_shift,
                    "projector": "linear-silu: LayerNorm(V) -> Linear(V, 2048) -> SiLU -> Linear(2048, H)",
                    "projector_params": sum(p.numel() for p in speech.projector.parameters()),
-                   "llm": {"hidden": llm.hidden_size, "layers": llm.num_hidden_layers,
+                   "llm": {"config": args.llm_config or "tiny Llama", "type": type(speech.llm).__name__,
+                           "hidden": llm.hidden_size, "layers": llm.num_hidden_layers,
                            "intermediate": llm.intermediate_size, "heads": llm.num_attention_heads,
-                           "vocab": llm.vocab_size, "params": sum(p.numel() for p in speech.llm.parameters()),
-                           "frozen": True},
-                   "batch": args.batch, "precision": "fp32", "zero_stage": 0, "steps": args.steps,
+                           "kv_heads": getattr(llm, "num_key_value_heads", None), "vocab": llm.vocab_size,
+                           "params": sum(p.numel() for p in speech.llm.parameters()), "frozen": True,
+                           "attention": getattr(llm, "_attn_implementation", None)},
+                   "batch": args.batch, "precision": args.precision, "zero_stage": args.zero_stage,
+                   "steps": args.steps,
                    "warmup": args.warmup, "utterances": args.utterances,
                    "sentences_per_utterance": args.sentences_per_utterance,
                    "optimizer": "torch AdamW (fused where available) on both sides, same gradient clipping"},

@@ -104,7 +104,8 @@ class ReferenceStep:
         x, lengths, audio_s = features_batch(records, self.cfg)
         enc = self.speech.encoder
         with torch.no_grad():                                                                # frozen encoder
-            out = enc(x.to(self.dev), lengths.to(self.dev))
+            w = next(enc.parameters())                                                      # bf16 runs
+            out = enc(x.to(self.dev, w.dtype), lengths.to(self.dev))
             probs = torch.softmax(out.logits.float(), dim=-1)                                # [B, T, V]
         return Posteriors(lengths=out.lengths, vocab_size=enc.vocab_size, probs=probs), audio_s, lengths
 
@@ -128,7 +129,8 @@ class ReferenceStep:
         counted = lengths if self.mode == "simulated" else feat_lengths
         t.append(time.perf_counter())
         proj = speech.projector
-        emb = proj.fc2(F.silu(proj.fc1(proj.norm(probs.to(self.dev)))))            # dense: [B, L, H]
+        dense_in = probs.to(self.dev, proj.fc1.weight.dtype)                        # the projector's dtype
+        emb = proj.fc2(F.silu(proj.fc1(proj.norm(dense_in))))                       # dense: [B, L, H]
         t.append(time.perf_counter())
         parts = [self.prompts.build("ASR", r["GT"]) for r in records]
         batch = SpeechBatch(keys=[r["key"] for r in records], tasks=["ASR"] * len(records),
@@ -150,4 +152,5 @@ class ReferenceStep:
         n_tok = sum(len(a) for a in batch.answer)
         return {"samples": len(records), "tokens": n_tok, "audio_seconds": audio_s,
                 "frames": int(counted.sum()), "padded": int(counted.numel() * counted.max()),
+                "llm_positions": int(x.attention_mask.sum()),
                 "phases": {k: b - a for k, a, b in zip(names, t, t[1:])}}

@@ -92,6 +92,18 @@ def set_device(local_rank: int) -> None:
         accelerator().set_device(local_rank)
 
 
+def device_name() -> str:
+    """The accelerator's product name (e.g. 'NVIDIA H100 80GB HBM3'), or the CPU's model name."""
+    kind = current_device_type()
+    if kind == "cuda":
+        return torch.cuda.get_device_name()
+    if kind == "npu":
+        return torch.npu.get_device_name()        # torch_npu's documented mirror of torch.cuda (unverified)
+    from tasu.provenance import cpu_name
+
+    return cpu_name()
+
+
 def synchronize() -> None:
     if current_device_type() != "cpu":
         accelerator().synchronize()

@@ -3,6 +3,7 @@ benchmark and demo result file)."""
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -11,15 +12,21 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def git_commit(root: Path = REPO_ROOT) -> str:
-    """HEAD's hash, with '+uncommitted-changes' when tracked files differ from it; 'uncommitted' outside git."""
+    """HEAD's hash, with '+uncommitted-changes' when tracked files differ from it. A tree copied without its .git
+    (e.g. to a GPU host) has no HEAD: then TASU_SOURCE_COMMIT, set by whoever copied it, names the commit, marked
+    as such; else 'uncommitted'."""
+    rev = dirty = ""
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              check=False).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, check=False).stdout.strip()
-        return rev + ("+uncommitted-changes" if dirty else "") if rev else "uncommitted"
     except OSError:
-        return "uncommitted"
+        pass
+    if rev:
+        return rev + ("+uncommitted-changes" if dirty else "")
+    named = os.environ.get("TASU_SOURCE_COMMIT", "").strip()
+    return f"{named} (copied tree without .git; commit named by TASU_SOURCE_COMMIT)" if named else "uncommitted"
 
 
 def cpu_name() -> str:

@@ -46,6 +46,25 @@ def test_loss_is_finite_and_has_grad_on_projector(model_and_cfg):
     model.zero_grad(set_to_none=True)
 
 
+def test_answer_only_logits_give_the_full_llm_loss_and_grads(model_and_cfg):
+    """The LM head on answer positions only must equal the loss of the whole LLM's logits (what it replaces)."""
+    model, cfg = model_and_cfg
+    assert model._decoder_and_head()[0] is not None                # the tiny Llama takes the answer-only path
+    batch = text_batch(model, SENTS, cfg)
+    results = []
+    for answer_only in (True, False):
+        model.answer_only_logits = answer_only
+        loss, n_tok = model(batch, "simulated")
+        grads = torch.autograd.grad(loss, list(model.projector.parameters()))
+        results.append((loss.detach(), n_tok, grads))
+    model.answer_only_logits = True
+    (fast, n_fast, g_fast), (full, n_full, g_full) = results
+    assert n_fast == n_full == sum(len(a) for a in batch.answer)
+    torch.testing.assert_close(fast, full, rtol=1e-6, atol=1e-6)
+    for a, b in zip(g_fast, g_full):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("beams", [1, 3])
 def test_batched_generation_equals_one_by_one(model_and_cfg, beams):
     model, cfg = model_and_cfg

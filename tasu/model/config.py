@@ -90,11 +90,14 @@ class LLMConfig:
     tokenizer_text: str | None = doc_field(None, "tiny: text file the BPE tokenizer is trained on")
     pretrain_steps: int = doc_field(0, "tiny: steps of LM pretraining on tokenizer_text before use (tests)")
     dtype: str = doc_field("float32", "weight dtype of the loaded LLM: float32 | bfloat16 | float16")
+    random_init: bool = doc_field(False, "hf: build the model from `path`/config.json with random weights, reading "
+                                         "no weight file (speed benchmarks of a model's shape)")
 
     def __post_init__(self) -> None:
         check(self.type in LLM_TYPES, "model.llm.type", f"unknown llm '{self.type}' {LLM_TYPES}")
         if self.type == "hf":
             check(self.path is not None, "model.llm.path", "is required for type=hf")
+        check(not self.random_init or self.type == "hf", "model.llm.random_init", "is for type=hf only")
         check(self.dtype in ("float32", "bfloat16", "float16"), "model.llm.dtype", f"unknown dtype '{self.dtype}'")
 
 

@@ -161,7 +161,13 @@ def load_llm(cfg: LLMConfig, seed: int = 0):
         raise ConfigError(f"config key 'model.llm.path': not a local model folder: {path}")
     kwargs = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
     tok = AutoTokenizer.from_pretrained(path, **kwargs)
-    llm = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[cfg.dtype], **kwargs)
+    if cfg.random_init:
+        from transformers import AutoConfig
+
+        torch.manual_seed(seed)
+        llm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=_DTYPES[cfg.dtype])
+    else:
+        llm = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[cfg.dtype], **kwargs)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return llm, tok

@@ -57,6 +57,8 @@ class SpeechLLM(nn.Module):
         # on a text batch while a peer runs it on audio would leave all-gathers / reduce-scatters unmatched ->
         # hang or silent corruption). The recipe sets this for ZeRO-3 stages in an audio mode.
         self.uniform_graph = False
+        # LM head on answer positions only (see answer_logits); False runs the whole LLM (same loss, more work)
+        self.answer_only_logits = True
 
     # ---- speech side -------------------------------------------------------------------------------------------
     def encode(self, batch: SpeechBatch, mode: str) -> Posteriors:
@@ -215,15 +217,42 @@ class SpeechLLM(nn.Module):
         self._aux_loss = None
         speech, lengths = self.speech_embeddings(batch, mode)
         x = self.splice(batch, speech, lengths)
-        out = self.llm(inputs_embeds=x.embeds, attention_mask=x.attention_mask, use_cache=False)
-        logits = out.logits[:, :-1].float()                      # [B, L-1, Vllm]
-        target = x.labels[:, 1:]
-        n_tokens = int((target != IGNORE_INDEX).sum())
-        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                           ignore_index=IGNORE_INDEX)
+        logits, target = self.answer_logits(x)                  # [N, Vllm] fp32, [N]
+        loss = nn.functional.cross_entropy(logits, target)
         if self._aux_loss is not None:
             loss = loss + self._aux_loss
-        return loss, n_tokens
+        return loss, int(target.numel())
+
+    def answer_logits(self, x: LLMInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp32 logits [N, Vllm] of the N positions that predict an answer token, and those tokens [N].
+
+        Only these rows go through the LM head: the prompt and speech positions' logits are never read, and at
+        Vllm = 151936 the full [B, L, Vllm] fp32 tensor would be the largest activation of the step (2.5 GB at
+        B x L = 4096) and its LM-head product ~15 % of a 1.5B LLM's FLOPs. Models whose head does more than a
+        Linear (logit soft-capping / scaling), or no split into decoder + head, run the whole LLM instead."""
+        target = x.labels[:, 1:]
+        keep = target != IGNORE_INDEX                             # [B, L-1]
+        decoder, head = self._decoder_and_head()
+        if decoder is None:
+            out = self.llm(inputs_embeds=x.embeds, attention_mask=x.attention_mask, use_cache=False)
+            return out.logits[:, :-1][keep].float(), target[keep]
+        hidden = decoder(inputs_embeds=x.embeds, attention_mask=x.attention_mask, use_cache=False).last_hidden_state
+        return head(hidden[:, :-1][keep]).float(), target[keep]
+
+    def _decoder_and_head(self) -> tuple[nn.Module | None, nn.Module | None]:
+        """(decoder stack, LM head) of an HF causal LM (PEFT-wrapped too), or (None, None) where the logits are
+        more than head(hidden)."""
+        cfg = getattr(self.llm, "config", None)
+        if not self.answer_only_logits or cfg is None or any(
+                getattr(cfg, k, None) for k in ("final_logit_softcapping", "logit_scale", "logits_scaling")):
+            return None, None
+        try:
+            decoder, head = self.llm.get_decoder(), self.llm.get_output_embeddings()
+        except (AttributeError, NotImplementedError):
+            return None, None
+        if decoder is None or decoder is self.llm or not isinstance(head, nn.Linear):
+            return None, None
+        return decoder, head
 
     @torch.no_grad()
     def generate(self, batch: SpeechBatch, mode: str, max_new_tokens: int = 64, num_beams: int = 1) -> list[str]:
