@@ -357,7 +357,8 @@ def environment(device: str, threads: int) -> dict:
 
 def run_sub(device: str, threads: int, *what: str) -> dict:
     """Run one measurement in a fresh interpreter and return its JSON line."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), DS_ACCELERATOR=device, PYTHONPATH=str(ROOT))
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), DS_ACCELERATOR=device, PYTHONPATH=path)
     cmd = [sys.executable, __file__, "--device", device, "--threads", str(threads), *what]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if res.returncode != 0:

@@ -27,7 +27,7 @@ deepspeed.__version__, 'transformers', transformers.__version__)"; } 2>&1 | tee 
       timeout -k 10 "${KERNELS_TIMEOUT:-300}" python3 benchmarks/bench_kernels.py --device cuda --threads 8 \
         --out "$out/kernels_cuda.json" 2>&1 | tee "$out/bench_kernels.log" ;;
     tests)
-      timeout -k 10 "${TESTS_TIMEOUT:-240}" python3 -m pytest -q -m gpu tests/test_kernels_cuda.py -p no:cacheprovider \
+      timeout -k 10 "${TESTS_TIMEOUT:-240}" python3 -m pytest -q -m gpu tests/test_kernels_cuda.py -p no:cacheprovider --durations=0 \
         2>&1 | tee "$out/gpu_tests.log" ;;
     *) echo "unknown part '$part' (env step kernels tests)" >&2; exit 2 ;;
   esac

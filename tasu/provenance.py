@@ -12,9 +12,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def git_commit(root: Path = REPO_ROOT) -> str:
-    """HEAD's hash, with '+uncommitted-changes' when tracked files differ from it. A tree copied without its .git
-    (e.g. to a GPU host) has no HEAD: then TASU_SOURCE_COMMIT, set by whoever copied it, names the commit, marked
-    as such; else 'uncommitted'."""
+    """HEAD's hash, with '+uncommitted-changes' when tracked files differ from it; 'uncommitted' outside git.
+    TASU_SOURCE_COMMIT, when set, names the commit instead (marked as such): for a tree copied to another host
+    (a GPU machine) whose .git, if any, is not the source's."""
+    named = os.environ.get("TASU_SOURCE_COMMIT", "").strip()
+    if named:
+        return f"{named} (named by TASU_SOURCE_COMMIT)"
     rev = dirty = ""
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
@@ -23,10 +26,7 @@ def git_commit(root: Path = REPO_ROOT) -> str:
                                capture_output=True, text=True, check=False).stdout.strip()
     except OSError:
         pass
-    if rev:
-        return rev + ("+uncommitted-changes" if dirty else "")
-    named = os.environ.get("TASU_SOURCE_COMMIT", "").strip()
-    return f"{named} (copied tree without .git; commit named by TASU_SOURCE_COMMIT)" if named else "uncommitted"
+    return rev + ("+uncommitted-changes" if dirty else "") if rev else "uncommitted"
 
 
 def cpu_name() -> str:
