@@ -372,6 +372,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cases", nargs="*", default=list(CASES), help=f"subset of {list(CASES)}")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--update", action="store_true",
+                    help="keep the other cases' rows of an existing --out file (each row records its own commit)")
     ap.add_argument("--measure-memory", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
     ap.add_argument("--measure-time", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -390,6 +392,9 @@ def main() -> None:
 
     impl = "cpu" if a.device == "cpu" else "triton"
     env = environment(a.device, a.threads)
+    out = a.out or ROOT / "benchmarks" / "results" / f"kernels_{a.device}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    kept = {r["case"]: r for r in json.loads(out.read_text())} if a.update and out.is_file() else {}
     rows = []
     for case in a.cases:
         spec = CASES[case]
@@ -417,13 +422,13 @@ def main() -> None:
         if spec["op"] == "psd_compress":
             row["input"] = psd_input_stats(spec["shape"]["B"], spec["shape"]["T"])
         rows.append(row)
+        kept.pop(case, None)
+        ordered = sorted([*kept.values(), *rows], key=lambda r: list(CASES).index(r["case"]))
+        out.write_text(json.dumps(ordered, indent=1) + "\n")       # after every case: a time limit loses none
         print(f"{case:30s} {impl:7s} {row['time_ms']:10.2f} ms  baseline {row['baseline_time_ms']:10.2f} ms  "
               f"x{row['speedup']:<8} (cpu time x{row['speedup_cpu_time']:<8}) mem "
               f"{row['peak_mem_bytes'] / 2**20:9.1f} MiB  baseline {row['baseline_peak_mem_bytes'] / 2**20:9.1f} MiB  "
               f"load {load:.2f}", flush=True)
-    out = a.out or ROOT / "benchmarks" / "results" / f"kernels_{a.device}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=1) + "\n")
     print(f"wrote {out}")
 
 

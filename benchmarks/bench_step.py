@@ -339,6 +339,29 @@ class TasuStep:
         return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
 
 
+def profile_steps(tasu: TasuStep, steps: int, device: str, path: Path) -> str:
+    """`steps` more tasu steps under torch.profiler; writes the ops' table (by device time on an accelerator, by
+    CPU time on the CPU) and the wall time to `path`; returns the file name."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from tasu import backend
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    backend.synchronize()
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            tasu.step(tasu.next_batch())
+        backend.synchronize()
+    wall = time.perf_counter() - t0
+    key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=45, max_name_column_width=70)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{steps} steps, {wall:.3f} s wall under the profiler ({wall / steps * 1e3:.1f} ms/step), "
+                    f"sorted by {key}\n{table}\n")
+    return path.name
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mode", choices=["simulated", "posterior", "features"], default="simulated")
@@ -348,6 +371,8 @@ def main(argv=None) -> int:
     ap.add_argument("--baseline-steps", type=int, default=None, help="timed baseline steps (default: steps // 2, "
                     "at least 3)")
     ap.add_argument("--phase-steps", type=int, default=4, help="extra tasu steps timed phase by phase (CPU; 0: none)")
+    ap.add_argument("--profile-steps", type=int, default=0,
+                    help="extra tasu steps under torch.profiler; the top ops go to <out stem>_profile.txt")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--llm-hidden", type=int, default=256)
     ap.add_argument("--llm-layers", type=int, default=4)
@@ -413,6 +438,10 @@ def main(argv=None) -> int:
                                      else "device peak allocation / process peak")}
     if args.device == "cpu" and args.phase_steps:
         result["tasu"]["phases_s_median"] = tasu.phases(args.phase_steps)
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"step_{args.device}_{args.mode}.json"
+    if args.profile_steps:
+        result["profile_file"] = profile_steps(tasu, args.profile_steps, args.device,
+                                               out.with_name(out.stem + "_profile.txt"))
 
     if not args.no_baseline and args.mode in ("simulated", "posterior"):
         from reference_step import ReferenceStep
@@ -453,7 +482,6 @@ def main(argv=None) -> int:
                    "sentences_per_utterance": args.sentences_per_utterance,
                    "optimizer": "torch AdamW (fused where available) on both sides, same gradient clipping"},
     })
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"step_{args.device}_{args.mode}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     shutil.rmtree(tmp, ignore_errors=True)                  # the synthetic corpus and unit list

@@ -2,7 +2,7 @@
 # The GPU tier in one go, for a lent or cluster GPU: the device, the `gpu` tests, kernels_cuda.json and
 # step_cuda_simulated.json (Qwen2.5-1.5B-shaped frozen LLM, bf16, ZeRO-2, text-only stage, sequence ~256).
 #   bash benchmarks/run_gpu.sh [OUT_DIR]            (default benchmarks/results; logs beside the results)
-# PARTS (default "env step kernels tests") picks and orders the parts; STEP_ARGS adds bench_step options.
+# PARTS (default "env step kernels tests") picks and orders the parts; STEP_ARGS / KERNEL_ARGS add options.
 # Each part has its own time limit so that one hang cannot take the others with it.
 set -u
 out=${1:-benchmarks/results}
@@ -24,8 +24,9 @@ deepspeed.__version__, 'transformers', transformers.__version__)"; } 2>&1 | tee 
         --sentences-per-utterance 9 --threads 8 --steps 20 --warmup 3 --baseline-steps 5 \
         --out "$out/step_cuda_simulated.json" ${STEP_ARGS:-} 2>&1 | tee "$out/bench_step.log" ;;
     kernels)
-      timeout -k 10 "${KERNELS_TIMEOUT:-300}" python3 benchmarks/bench_kernels.py --device cuda --threads 8 \
-        --out "$out/kernels_cuda.json" 2>&1 | tee "$out/bench_kernels.log" ;;
+      # shellcheck disable=SC2086
+      timeout -k 10 "${KERNELS_TIMEOUT:-420}" python3 benchmarks/bench_kernels.py --device cuda --threads 8 \
+        --out "$out/kernels_cuda.json" ${KERNEL_ARGS:-} 2>&1 | tee "$out/bench_kernels.log" ;;
     tests)
       timeout -k 10 "${TESTS_TIMEOUT:-240}" python3 -m pytest -q -m gpu tests/test_kernels_cuda.py -p no:cacheprovider --durations=0 \
         2>&1 | tee "$out/gpu_tests.log" ;;

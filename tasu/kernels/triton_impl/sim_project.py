@@ -63,10 +63,11 @@ class _SimProjectTriton(torch.autograd.Function):
         gi = gamma.float().index_select(0, flat) if gamma is not None else torch.ones_like(dd)
         coef = (dd * gi).contiguous()
         w = weight.contiguous()
-        wg = (torch.mv(w, gamma.to(w.dtype)) if gamma is not None else w.sum(1)).float().contiguous()
-        wb = torch.zeros(d, dtype=torch.float32, device=w.device)
-        if beta is not None:
-            wb += torch.mv(w, beta.to(w.dtype)).float()
+        # W @ gamma and W @ beta in one pass over W (the op's only O(V D) read)
+        cols = [gamma if gamma is not None else torch.ones(v, device=w.device)] + ([beta] if beta is not None else [])
+        prods = torch.mm(w, torch.stack(cols, 1).to(w.dtype)).float()                   # [D, 1 or 2]
+        wg = prods[:, 0].contiguous()
+        wb = prods[:, 1].contiguous() if beta is not None else torch.zeros(d, dtype=torch.float32, device=w.device)
         if bias is not None:
             wb += bias.float()
         out = torch.empty(n, d, dtype=w.dtype, device=w.device)
