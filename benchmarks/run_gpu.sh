@@ -28,7 +28,10 @@ deepspeed.__version__, 'transformers', transformers.__version__)"; } 2>&1 | tee 
       timeout -k 10 "${KERNELS_TIMEOUT:-420}" python3 benchmarks/bench_kernels.py --device cuda --threads 8 \
         --out "$out/kernels_cuda.json" ${KERNEL_ARGS:-} 2>&1 | tee "$out/bench_kernels.log" ;;
     tests)
-      timeout -k 10 "${TESTS_TIMEOUT:-240}" python3 -m pytest -q -m gpu tests/test_kernels_cuda.py -p no:cacheprovider --durations=0 \
+      per_test=$(python3 -c 'import pytest_timeout' 2>/dev/null && echo --timeout=100)
+      # shellcheck disable=SC2086
+      timeout -k 10 "${TESTS_TIMEOUT:-240}" python3 -m pytest -q -m gpu tests/test_kernels_cuda.py -p no:cacheprovider \
+        --durations=0 $per_test \
         2>&1 | tee "$out/gpu_tests.log" ;;
     *) echo "unknown part '$part' (env step kernels tests)" >&2; exit 2 ;;
   esac

@@ -44,7 +44,8 @@ def test_cuda_sim_project_at_the_benchmark_vocabulary(triton_modules, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_psd(triton_modules, dtype):
     check_psd(triton_modules[1], dtype, CUDA)
-    check_psd(triton_modules[1], dtype, CUDA, b=4, t=200, v=25055, dim=64, seed=7)
+    # the float64 reference's backward writes a full-size gradient per frame: keep B x T small at V = 25055
+    check_psd(triton_modules[1], dtype, CUDA, b=3, t=40, v=25055, dim=64, seed=7)
 
 
 def test_cuda_argmax_takes_the_first_maximum(triton_modules):

@@ -175,8 +175,20 @@ def _cudnn_friendly_ctc(red, prob, input_lengths, target_lengths, reduction, zer
     tl = tl_host.long()
     valid = torch.arange(prob.targets.shape[1]) < tl.unsqueeze(1)
     flat = prob.targets.cpu()[valid].to(torch.int32)
-    return F.ctc_loss(red.transpose(0, 1), flat, in_host.to(torch.int32), tl_host.to(torch.int32), 0, reduction,
+    log_probs = red.transpose(0, 1)                                            # [T, B, 2 + S]
+    if log_probs.device.type != "cpu" and not _cudnn_accepts(log_probs, flat, in_host, tl_host):
+        # this PyTorch build would not take cuDNN here, and its native kernel wants the targets on the device
+        return _native_ctc(red, prob, input_lengths, target_lengths, reduction, zero_infinity)
+    return F.ctc_loss(log_probs, flat, in_host.to(torch.int32), tl_host.to(torch.int32), 0, reduction,
                       zero_infinity)
+
+
+def _cudnn_accepts(log_probs, flat_targets, in_host, tl_host) -> bool:
+    """PyTorch's own test of whether F.ctc_loss will run cuDNN for these arguments (rules vary across versions)."""
+    try:
+        return bool(torch._use_cudnn_ctc_loss(log_probs, flat_targets, in_host.tolist(), tl_host.tolist(), 0))
+    except (RuntimeError, NotImplementedError):
+        return False
 
 
 def plain_is_cheaper(vocab: int, target_lengths: torch.Tensor) -> bool:
