@@ -59,14 +59,16 @@ def test_cuda_posterior_embed_exact(triton_modules, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_ctc_loss_matches_reference(dtype):
+@pytest.mark.parametrize("full_length", [False, True], ids=["native", "cudnn-form"])
+def test_cuda_ctc_loss_matches_reference(dtype, full_length):
     from tasu.kernels.torch_ops.ctc_loss import ctc_loss_cuda, ctc_loss_reference
 
     g = torch.Generator().manual_seed(3)
     b, t, v, s = 3, 40, 300, 12
     logits = torch.randn(b, t, v, generator=g).to(dtype)
     targets = torch.randint(1, v, (b, s), generator=g)
-    il, tl = torch.tensor([t, t - 5, 30]), torch.tensor([s, 7, 4])
+    il = torch.tensor([t, t, t] if full_length else [t, t - 5, 30])      # all full length: cuDNN's form
+    tl = torch.tensor([s, 7, 4])
     x = logits.to(CUDA).requires_grad_()
     loss = ctc_loss_cuda(x, targets.to(CUDA), il.to(CUDA), tl.to(CUDA), 0, "mean")
     x64 = logits.double().requires_grad_()
