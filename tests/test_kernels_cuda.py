@@ -1,5 +1,5 @@
 """CUDA tier (`-m gpu`, run with DS_ACCELERATOR=cuda): the Triton kernels on a real GPU against the float64
-reference, the cuDNN-form CTC, `get_op`'s automatic choice, and `tasu train` in bf16 with ZeRO-2 on the GPU."""
+reference, the CUDA CTC, `get_op`'s automatic choice, and `tasu train` in bf16 with ZeRO-2 on the GPU."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_cuda_posterior_embed_exact(triton_modules, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("full_length", [False, True], ids=["native", "cudnn-form"])
+@pytest.mark.parametrize("full_length", [False, True], ids=["partial-lengths", "full-lengths"])
 def test_cuda_ctc_loss_matches_reference(dtype, full_length):
     from tasu.kernels.torch_ops.ctc_loss import ctc_loss_cuda, ctc_loss_reference
 
@@ -67,7 +67,7 @@ def test_cuda_ctc_loss_matches_reference(dtype, full_length):
     b, t, v, s = 3, 40, 300, 12
     logits = torch.randn(b, t, v, generator=g).to(dtype)
     targets = torch.randint(1, v, (b, s), generator=g)
-    il = torch.tensor([t, t, t] if full_length else [t, t - 5, 30])      # all full length: cuDNN's form
+    il = torch.tensor([t, t, t] if full_length else [t, t - 5, 30])      # full: the form cuDNN would take
     tl = torch.tensor([s, 7, 4])
     x = logits.to(CUDA).requires_grad_()
     loss = ctc_loss_cuda(x, targets.to(CUDA), il.to(CUDA), tl.to(CUDA), 0, "mean")

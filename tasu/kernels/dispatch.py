@@ -3,7 +3,7 @@
 Implementations per op (all share one signature and are checked against the reference by the tests):
     reference  pure-PyTorch definition of the op's meaning (dense / per-frame; slow, any device)
     cpu        vectorised PyTorch path wrapped in an autograd.Function (device-agnostic; default on CPU)
-    triton     CUDA path: Triton kernels, or the vendor library where that is the better tool (cuDNN CTC)
+    triton     CUDA path: Triton kernels (CTC: the reduced problem on PyTorch's native CUDA kernel)
     npu        Ascend path through torch_npu (import-guarded; NOT verified on hardware)
 
 Selection: `get_op(name, impl)` > `configure(KernelsConfig(impl=...))` (config key `kernels.impl`) > "auto".
