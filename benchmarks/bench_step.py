@@ -151,7 +151,7 @@ def build_config(mode: str, out_dir: Path, args, text: Path, manifest: Path, utt
          "data.shuffle_buffer=0", f"train.precision={args.precision}", f"train.zero_stage={args.zero_stage}"]
     if mode == "features":
         o.append("model.projector.type=linear")
-    return load_config("tiny", o)
+    return load_config("tiny", o + list(args.override))
 
 
 def time_steps(step_fn, next_batch, steps: int, warmup: int) -> dict:
@@ -389,6 +389,9 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra tasu config override for both sides' model and tasu's loader (repeatable), e.g. "
+                         "data.num_workers=4")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="peak for MFU; default: CPU measured, GPU the datasheet's dense bf16 figure for its name")
     ap.add_argument("--no-baseline", action="store_true")
@@ -476,6 +479,7 @@ def main(argv=None) -> int:
                            "kv_heads": getattr(llm, "num_key_value_heads", None), "vocab": llm.vocab_size,
                            "params": sum(p.numel() for p in speech.llm.parameters()), "frozen": True,
                            "attention": getattr(llm, "_attn_implementation", None)},
+                   "overrides": list(args.override), "num_workers": cfg.data.num_workers,
                    "batch": args.batch, "precision": args.precision, "zero_stage": args.zero_stage,
                    "steps": args.steps,
                    "warmup": args.warmup, "utterances": args.utterances,

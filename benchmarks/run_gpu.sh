@@ -21,7 +21,7 @@ deepspeed.__version__, 'transformers', transformers.__version__)"; } 2>&1 | tee 
       # shellcheck disable=SC2086
       timeout -k 10 "${STEP_TIMEOUT:-300}" python3 benchmarks/bench_step.py --mode simulated --device cuda \
         --llm-config benchmarks/configs/qwen2.5-1.5b.json --precision bf16 --zero-stage 2 \
-        --sentences-per-utterance 9 --threads 8 --steps 20 --warmup 3 --baseline-steps 5 \
+        --sentences-per-utterance 9 --threads 8 --steps 20 --warmup 3 --baseline-steps 5 --batch 48 \
         --out "$out/step_cuda_simulated.json" ${STEP_ARGS:-} 2>&1 | tee "$out/bench_step.log" ;;
     kernels)
       # shellcheck disable=SC2086
