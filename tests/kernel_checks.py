@@ -37,24 +37,26 @@ def leaf(x, device):
     return x.detach().to(device).requires_grad_()
 
 
-def check_sim_project(tsim, dtype, affine, device="cpu", v=45, d=150, shape=(3, 6), seed=21):
+def check_sim_project(tsim, dtype, affine, device="cpu", v=45, d=150, shape=(3, 6), seed=21, bias=True):
     """D not a multiple of the block (masks), four frames on one column (colliding atomic adds)."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, v, shape, generator=g)
     ids.view(-1)[:4] = 7
     smooth = torch.rand(shape, generator=g) * 0.4
     w = (torch.randn(d, v, generator=g) / v**0.5).to(dtype)
-    b = torch.randn(d, generator=g).to(dtype)
+    b = torch.randn(d, generator=g).to(dtype) if bias else None
     gam = (1 + 0.2 * torch.randn(v, generator=g)) if affine else None
     bet = (0.2 * torch.randn(v, generator=g)) if affine else None
     go = torch.randn(*shape, d, generator=g).to(dtype)
     eps = 0.05
-    xs = [leaf(x, device) for x in (smooth, w, b, gam, bet) if x is not None]
-    out = tsim.sim_project_triton(ids.to(device), *(xs + [None] * (5 - len(xs))), eps)
-    x64 = [leaf64(x) for x in xs]
-    ref = sim_project_reference(ids, *(x64 + [None] * (5 - len(x64))), eps)
+    args = [None if x is None else leaf(x, device) for x in (smooth, w, b, gam, bet)]
+    out = tsim.sim_project_triton(ids.to(device), *args, eps)
+    args64 = [None if x is None else leaf64(x) for x in args]
+    ref = sim_project_reference(ids, *args64, eps)
     assert_close([out], [ref], dtype, "out")
-    assert_close(torch.autograd.grad(out, xs, go.to(device)), torch.autograd.grad(ref, x64, go.double()), dtype,
+    live = [x for x in args if x is not None]
+    live64 = [x for x in args64 if x is not None]
+    assert_close(torch.autograd.grad(out, live, go.to(device)), torch.autograd.grad(ref, live64, go.double()), dtype,
                  "grads")
 
 

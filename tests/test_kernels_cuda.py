@@ -31,9 +31,9 @@ def triton_modules():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("affine", [True, False])
-def test_cuda_sim_project(triton_modules, dtype, affine):
-    check_sim_project(triton_modules[0], dtype, affine, CUDA)
+@pytest.mark.parametrize("affine, bias", [(True, True), (False, True), (True, False)])
+def test_cuda_sim_project(triton_modules, dtype, affine, bias):
+    check_sim_project(triton_modules[0], dtype, affine, CUDA, bias=bias)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -38,9 +38,9 @@ tsim, tpsd, tpe = _load("sim_project"), _load("psd"), _load("posterior_embed")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("affine", [True, False])
-def test_triton_sim_project(dtype, affine):
-    check_sim_project(tsim, dtype, affine)
+@pytest.mark.parametrize("affine, bias", [(True, True), (False, True), (True, False)])
+def test_triton_sim_project(dtype, affine, bias):
+    check_sim_project(tsim, dtype, affine, bias=bias)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -1,6 +1,8 @@
-"""Triton `sim_project`: per-frame column gather + combine (forward), column dot products + atomic scatter-add of
-the frame's gradient into its W column (backward). W @ gamma, W @ beta, W^T u and the rank-2 dense part of dW
-stay with cuBLAS gemv / outer products (one pass over W each). Formulas: tasu.kernels.torch_ops.sim_project.
+"""Triton `sim_project`: per-frame scalars + column gather + combine in one kernel (forward), column dot products +
+atomic scatter-add of the frame's gradient into its W column (backward). W @ [gamma, beta], W^T u and the rank-2
+dense part of dW stay with cuBLAS (one pass over W each). Formulas: tasu.kernels.torch_ops.sim_project.
+The forward is launch-bound on a GPU (an H100 is busy ~0.15 ms of a ~0.9 ms call: benchmarks/README.md), so it
+keeps its launches to three.
 """
 
 from __future__ import annotations
@@ -9,23 +11,36 @@ import torch
 import triton
 import triton.language as tl
 
-from tasu.kernels.torch_ops.sim_project import check_sim_project_inputs, frame_coefficients, sim_project_fused
+from tasu.kernels.torch_ops.sim_project import (
+    check_sim_project_inputs,
+    frame_coefficients,
+    ln_rows,
+    sim_project_fused,
+)
 
 _BLOCK_D = 128
 
 
 @triton.jit
-def _fwd_kernel(out_ptr, w_ptr, ids_ptr, nc_ptr, coef_ptr, wg_ptr, wb_ptr, D, V, BLOCK_D: tl.constexpr):
-    # one program per (frame n, block of D): out[n, d] = n_c[n] wg[d] + wb[d] + coef[n] W[d, i_n]
+def _fwd_kernel(out_ptr, w_ptr, ids_ptr, smooth_ptr, gamma_ptr, wgb_ptr, bias_ptr, D, V, k_v, inv_v, eps,
+                HAS_GAMMA: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr):
+    # one program per (frame n, block of D): out[n, d] = n_c wg[d] + wb[d] (+ b[d]) + d_n gamma[i_n] W[d, i_n],
+    # with the frame's scalars (torch_ops.sim_project.frame_coefficients) computed here in fp32: no extra launches
     n = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask = offs < D
     i = tl.load(ids_ptr + n)
-    nc = tl.load(nc_ptr + n)
-    cf = tl.load(coef_ptr + n)
+    r = 1.0 - tl.load(smooth_ptr + n).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(r * r * k_v + eps)
+    nc = -(r * inv_v) * rstd
+    cf = r * rstd
+    if HAS_GAMMA:
+        cf = cf * tl.load(gamma_ptr + i).to(tl.float32)
     col = tl.load(w_ptr + offs.to(tl.int64) * V + i, mask=mask, other=0.0).to(tl.float32)
-    wg = tl.load(wg_ptr + offs, mask=mask, other=0.0)
-    wb = tl.load(wb_ptr + offs, mask=mask, other=0.0)
+    wg = tl.load(wgb_ptr + offs * 2, mask=mask, other=0.0).to(tl.float32)          # [D, 2] = W @ [gamma, beta]
+    wb = tl.load(wgb_ptr + offs * 2 + 1, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        wb += tl.load(bias_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     out = nc * wg + wb + cf * col
     tl.store(out_ptr + n.to(tl.int64) * D + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -56,33 +71,31 @@ def _bwd_kernel(g_ptr, w_ptr, ids_ptr, coef_ptr, wg_ptr, dw_ptr, e_ptr, q_ptr, D
 class _SimProjectTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ids, smooth, weight, bias, gamma, beta, eps):
+        # launches: the [V, 2] LayerNorm rows, one [D, V] x [V, 2] product (the op's only read of W), the kernel
         d, v = weight.shape
         flat = ids.reshape(-1).contiguous()
+        sm = smooth.reshape(-1).contiguous()
         n = flat.numel()
-        n_c, dd, rstd = frame_coefficients(smooth.reshape(-1), v, eps)          # [N] fp32
-        gi = gamma.float().index_select(0, flat) if gamma is not None else torch.ones_like(dd)
-        coef = (dd * gi).contiguous()
         w = weight.contiguous()
-        # W @ gamma and W @ beta in one pass over W (the op's only O(V D) read)
-        cols = [gamma if gamma is not None else torch.ones(v, device=w.device)] + ([beta] if beta is not None else [])
-        prods = torch.mm(w, torch.stack(cols, 1).to(w.dtype)).float()                   # [D, 1 or 2]
-        wg = prods[:, 0].contiguous()
-        wb = prods[:, 1].contiguous() if beta is not None else torch.zeros(d, dtype=torch.float32, device=w.device)
-        if bias is not None:
-            wb += bias.float()
+        wgb = torch.mm(w, ln_rows(gamma, beta, v, w.dtype, w.device).t())                 # [D, 2]
         out = torch.empty(n, d, dtype=w.dtype, device=w.device)
         if n:
-            _fwd_kernel[(n, triton.cdiv(d, _BLOCK_D))](out, w, flat, n_c.contiguous(), coef, wg, wb, d, v,
-                                                       BLOCK_D=_BLOCK_D)
-        ctx.save_for_backward(flat, n_c, dd, gi, rstd, wg, w, gamma, beta)
+            _fwd_kernel[(n, triton.cdiv(d, _BLOCK_D))](
+                out, w, flat, sm, gamma if gamma is not None else wgb, wgb, bias if bias is not None else wgb, d, v,
+                (v - 1.0) / (v * v), 1.0 / v, eps, HAS_GAMMA=gamma is not None, HAS_BIAS=bias is not None,
+                BLOCK_D=_BLOCK_D)
+        ctx.save_for_backward(flat, sm, wgb, w, gamma, beta)
         ctx.eps, ctx.shape = eps, ids.shape
         return out.reshape(*ids.shape, d)
 
     @staticmethod
     def backward(ctx, grad_out):
-        flat, n_c, dd, gi, rstd, wg, w, gamma, beta = ctx.saved_tensors
+        flat, sm, wgb, w, gamma, beta = ctx.saved_tensors
         d, v = w.shape
         n = flat.numel()
+        n_c, dd, rstd = frame_coefficients(sm, v, ctx.eps)                      # [N] fp32 (as the kernel's)
+        gi = gamma.float().index_select(0, flat) if gamma is not None else torch.ones_like(dd)
+        wg = wgb[:, 0].float().contiguous()
         need_s, need_w, need_b, need_g, need_be = (ctx.needs_input_grad[i] for i in (1, 2, 3, 4, 5))
         g = grad_out.reshape(n, d).contiguous()
         g32 = g.float()
