@@ -2,7 +2,8 @@
 # The GPU tier in one go, for a lent or cluster GPU: the device, the `gpu` tests, kernels_cuda.json and
 # step_cuda_simulated.json (Qwen2.5-1.5B-shaped frozen LLM, bf16, ZeRO-2, text-only stage, sequence ~256).
 #   bash benchmarks/run_gpu.sh [OUT_DIR]            (default benchmarks/results; logs beside the results)
-# PARTS (default "env step kernels tests") picks and orders the parts; STEP_ARGS / KERNEL_ARGS add options.
+# PARTS (default "env step kernels tests") picks and orders the parts; STEP_ARGS / KERNEL_ARGS add options, e.g.
+# STEP_ARGS="--override model.llm.compile=true --override data.num_workers=4".
 # Each part has its own time limit so that one hang cannot take the others with it.
 set -u
 out=${1:-benchmarks/results}
@@ -21,7 +22,7 @@ deepspeed.__version__, 'transformers', transformers.__version__)"; } 2>&1 | tee 
       # shellcheck disable=SC2086
       timeout -k 10 "${STEP_TIMEOUT:-300}" python3 benchmarks/bench_step.py --mode simulated --device cuda \
         --llm-config benchmarks/configs/qwen2.5-1.5b.json --precision bf16 --zero-stage 2 \
-        --sentences-per-utterance 9 --threads 8 --steps 20 --warmup 3 --baseline-steps 5 --batch 48 \
+        --sentences-per-utterance 9 --threads 8 --steps 20 --warmup 3 --baseline-steps 5 --batch 48 --profile-steps 3 \
         --out "$out/step_cuda_simulated.json" ${STEP_ARGS:-} 2>&1 | tee "$out/bench_step.log" ;;
     kernels)
       # shellcheck disable=SC2086

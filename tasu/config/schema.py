@@ -164,6 +164,9 @@ class Config:
         taste = [s.mode in TASTE_MODES for s in self.stages]
         check(all(taste) or not any(taste), "stages", f"TASTE stages {TASTE_MODES} cannot be mixed with SpeechLLM "
               f"stages in one run, got {[s.mode for s in self.stages]}")
+        check(not (self.model.llm.compile and self.train.zero_stage == 3), "model.llm.compile",
+              "is not supported with train.zero_stage=3 (ZeRO-3 gathers parameters in module hooks that compiled "
+              "layers would trace)")
         for s in self.stages:
             if s.mode != "simulated":
                 check(self.model.encoder.type != "none", "model.encoder.type",

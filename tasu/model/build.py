@@ -11,7 +11,7 @@ from tasu.kernels import configure as configure_kernels
 from tasu.model.audio_tokens import AudioTokens, add_audio_tokens
 from tasu.model.ctc_model import CTCModel
 from tasu.model.encoders.build import build_encoder
-from tasu.model.llm import apply_lora, load_llm
+from tasu.model.llm import apply_lora, compile_decoder_layers, load_llm
 from tasu.model.projectors import build_projector
 from tasu.model.speech_llm import SpeechLLM
 from tasu.text.ctc_tokenizer import LLM_TOKENIZER_TYPES, CTCTokenizer, build_ctc_tokenizer
@@ -59,6 +59,8 @@ def build_speech_llm(cfg, seed: int | None = None) -> SpeechLLM:
                                 llm_embedding=llm.get_input_embeddings(),
                                 ctc_to_llm_ids=ctc_to_llm_ids(ctc_tok, llm_tok))
     llm = apply_lora(llm, m.lora)
+    if m.llm.compile:
+        compile_decoder_layers(llm)          # after LoRA: the adapters are traced into the compiled layers
     return SpeechLLM(encoder, projector, llm, llm_tok, ctc_tok,
                      psd_threshold=cfg.psd.blank_threshold if cfg.psd.enabled else None,
                      feature_layers=tuple(m.encoder.feature_layers), ctc_weight=m.encoder.ctc_weight,

@@ -92,6 +92,8 @@ class LLMConfig:
     dtype: str = doc_field("float32", "weight dtype of the loaded LLM: float32 | bfloat16 | float16")
     random_init: bool = doc_field(False, "hf: build the model from `path`/config.json with random weights, reading "
                                          "no weight file (speed benchmarks of a model's shape)")
+    compile: bool = doc_field(False, "torch.compile each decoder layer (fuses norms, rotary, activations; the first "
+                                     "steps of each new sequence shape pay the compile time)")
 
     def __post_init__(self) -> None:
         check(self.type in LLM_TYPES, "model.llm.type", f"unknown llm '{self.type}' {LLM_TYPES}")

@@ -112,9 +112,15 @@ def pretrain_lm(llm, tokenizer, lines: list[str], steps: int, seed: int, batch_s
     return float(loss.detach())
 
 
+# LLMConfig fields that do not change the pre-trained tiny weights (the cache stores fp32 weights; dtype is applied
+# after loading): left out of the cache key so that toggling them reuses the cached model
+_NOT_IN_WEIGHTS = {"compile", "dtype", "random_init"}
+
+
 def _tiny_cache_dir(cfg: LLMConfig, text: str, seed: int) -> Path:
     """Cache folder for a pre-trained tiny LLM: keyed by its config, the text's content and the seed."""
-    h = hashlib.sha256(json.dumps([dataclasses.asdict(cfg), seed], sort_keys=True, default=str).encode())
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_WEIGHTS}
+    h = hashlib.sha256(json.dumps([fields, seed], sort_keys=True, default=str).encode())
     h.update(Path(text).read_bytes())
     root = Path(os.environ.get("TASU_CACHE", Path.home() / ".cache" / "tasu"))
     return root / "tiny_llm" / h.hexdigest()[:16]
@@ -171,6 +177,17 @@ def load_llm(cfg: LLMConfig, seed: int = 0):
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return llm, tok
+
+
+def compile_decoder_layers(llm) -> int:
+    """torch.compile every decoder layer in place (`nn.Module.compile` keeps the module and its parameters, so the
+    freeze policy, LoRA, DeepSpeed and checkpoints see the same names); returns the number of layers compiled."""
+    layers = getattr(llm.get_decoder(), "layers", None)
+    if layers is None:
+        raise ConfigError("config key 'model.llm.compile': the LLM's decoder has no `layers` to compile")
+    for layer in layers:
+        layer.compile()
+    return len(layers)
 
 
 def apply_lora(llm, cfg: LoRAConfig):
