@@ -46,6 +46,11 @@ def test_train_tiny_audio_modes(tmp_path, mode, extra):
     recs = read_metrics(d)
     assert all(r["audio_seconds_per_s"] > 0 for r in recs)
     assert_learns(d)
+    if "model.encoder.ctc_weight=1.0" in extra:        # joint CTC: both terms logged, summing to the loss
+        for r in recs:
+            assert r["loss"] == pytest.approx(r["llm_loss"] + r["ctc_loss"], rel=1e-5, abs=1e-5)
+    else:
+        assert "ctc_loss" not in recs[0]
 
 
 def test_config_error_fails_before_compute(tmp_path):

@@ -53,6 +53,9 @@ class SpeechLLM(nn.Module):
         self.feature_layers = tuple(feature_layers)
         self.ctc_weight = ctc_weight      # joint CTC loss on the encoder (audio batches with ctc_targets)
         self._aux_loss: torch.Tensor | None = None
+        self._ctc_loss: torch.Tensor | None = None
+        # the last forward's loss terms when it had more than one (detached): {"llm_loss", "ctc_loss"} or {}
+        self.loss_parts: dict[str, torch.Tensor] = {}
         # ZeRO-3 with mixed batch kinds: every rank must run the same graph each step (a rank skipping the encoder
         # on a text batch while a peer runs it on audio would leave all-gathers / reduce-scatters unmatched ->
         # hang or silent corruption). The recipe sets this for ZeRO-3 stages in an audio mode.
@@ -77,7 +80,8 @@ class SpeechLLM(nn.Module):
         # tensor costs ~0.5 s a step at V = 25055 on CPU (benchmarks/README.md)
         post = self.encoder.posteriors(batch.feats, batch.feat_lengths, hidden_layers=layers, log_probs=ctc)
         if ctc:
-            self._aux_loss = self.ctc_weight * self.ctc_loss(post, batch.ctc_targets)
+            self._ctc_loss = self.ctc_loss(post, batch.ctc_targets)
+            self._aux_loss = self.ctc_weight * self._ctc_loss
         if self.psd_threshold is not None:
             # projectors read probabilities (and features) only: no merged log-probs, so PSD runs as the
             # `psd_compress` kernel op
@@ -214,12 +218,15 @@ class SpeechLLM(nn.Module):
     # ---- training / inference --------------------------------------------------------------------------------
     def forward(self, batch: SpeechBatch, mode: str) -> tuple[torch.Tensor, int]:
         """Mean cross-entropy over answer tokens, and the number of answer tokens."""
-        self._aux_loss = None
+        self._aux_loss = self._ctc_loss = None
         speech, lengths = self.speech_embeddings(batch, mode)
         x = self.splice(batch, speech, lengths)
         logits, target = self.answer_logits(x)                  # [N, Vllm] fp32, [N]
         loss = nn.functional.cross_entropy(logits, target)
+        self.loss_parts = {}
         if self._aux_loss is not None:
+            # logged apart by the recipe: loss = llm_loss + model.encoder.ctc_weight * ctc_loss
+            self.loss_parts = {"llm_loss": loss.detach(), "ctc_loss": self._ctc_loss.detach()}
             loss = loss + self._aux_loss
         return loss, int(target.numel())
 

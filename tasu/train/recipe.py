@@ -182,9 +182,12 @@ def _train(cfg) -> Path:
             metrics.advance_bar(step)
         trained = {n for n, p in speech.named_parameters() if p.requires_grad}
         batches = iter(stream)
+        # same decision on every rank (config only): the all-reduces below stay matched
+        log_parts = stage.mode in ("posterior", "lego", "features") and cfg.model.encoder.ctc_weight > 0
         while step < steps:
             t0 = time.perf_counter()
             loss_sum, n_tok, n_samples, audio_s, frames, padded = 0.0, 0, 0, 0.0, 0, 0
+            part_sums, n_parts = {"llm_loss": 0.0, "ctc_loss": 0.0}, 0
             skipped = False
             for _ in range(t_cfg.grad_accum):
                 batch = next(batches).to(engine.device)
@@ -205,6 +208,11 @@ def _train(cfg) -> Path:
                     continue  # every rank agreed (all-reduced flag): no backward, no step, collectives stay in step
                 engine.backward(loss)
                 engine.step()
+                parts = getattr(engine.module, "loss_parts", None) or {}
+                if parts:
+                    n_parts += 1
+                    for k in part_sums:
+                        part_sums[k] += float(parts[k])
                 loss_sum += float(loss.detach())
                 n_tok += ntok
                 n_samples += len(batch)
@@ -221,6 +229,11 @@ def _train(cfg) -> Path:
                    "audio_seconds_per_s": audio_s * world / dt,
                    "padding_ratio": 1.0 - frames / padded if padded else 0.0,
                    "peak_memory_bytes": backend.peak_memory_bytes(), "nan_skipped": skipped}
+            if log_parts:       # joint CTC: the two terms apart (means over the micro-batches that had both)
+                n_all = all_reduce_sum(float(n_parts))
+                for k, v in part_sums.items():
+                    total = all_reduce_sum(v)
+                    rec[k] = total / n_all if n_all else None
             metrics.log(rec, global_step)
             if (t_cfg.save_every and step % t_cfg.save_every == 0) or step == steps:
                 _save(engine, stream, out, rank, si, step, t_cfg.keep_last)
