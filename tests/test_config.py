@@ -57,6 +57,8 @@ def test_wrong_type_names_key(override, culprit):
     (["model.projector.type=mlp9"], "model.projector.type"),
     (["stages.0.mode=video"], "mode"),
     (["train.precision=fp8"], "train.precision"),
+    (["eval.repetition_penalty=0"], "eval.repetition_penalty"),
+    (["eval.no_repeat_ngram_size=-1"], "eval.no_repeat_ngram_size"),
 ])
 def test_impossible_value_names_key(override, culprit):
     with pytest.raises(ConfigError, match=culprit.replace(".", r"\.")):

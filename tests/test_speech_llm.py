@@ -75,6 +75,29 @@ def test_batched_generation_equals_one_by_one(model_and_cfg, beams):
     assert together == alone
 
 
+def test_repetition_controls_reach_generation(model_and_cfg, monkeypatch):
+    """eval.no_repeat_ngram_size / repetition_penalty are passed to the LLM's generate only when set, and act."""
+    model, cfg = model_and_cfg
+    batch = text_batch(model, SENTS, cfg, with_answer=False)
+    seen, orig = [], model.llm.generate
+
+    def spy(**kw):
+        out = orig(**kw)
+        seen.append((kw, out))
+        return out
+
+    monkeypatch.setattr(model.llm, "generate", spy)
+    model.generate(batch, "simulated", max_new_tokens=24)
+    assert "no_repeat_ngram_size" not in seen[-1][0] and "repetition_penalty" not in seen[-1][0]
+    model.generate(batch, "simulated", max_new_tokens=24, no_repeat_ngram_size=1, repetition_penalty=1.3)
+    kw, out = seen[-1]
+    assert kw["no_repeat_ngram_size"] == 1 and kw["repetition_penalty"] == 1.3
+    stop = {model.llm_tokenizer.pad_token_id, model.llm_tokenizer.eos_token_id}
+    for row in out.tolist():                       # unigrams may not repeat: every generated id is new
+        ids = [i for i in row if i not in stop]
+        assert len(ids) == len(set(ids)), row
+
+
 def test_text_batch_without_posteriors_is_rejected(model_and_cfg):
     model, cfg = model_and_cfg
     batch = text_batch(model, SENTS[:1], cfg)

@@ -135,10 +135,14 @@ class EvalConfig:
     batch_size: int = doc_field(8, "evaluation batch size")
     max_samples: int = doc_field(0, "evaluate at most this many samples (0 = all)")
     at_end: bool = doc_field(False, "evaluate data.eval after training")
+    repetition_penalty: float = doc_field(1.0, "penalty on tokens already in the answer (HF semantics; 1.0 = off)")
+    no_repeat_ngram_size: int = doc_field(0, "forbid any n-gram of this size twice in an answer (0 = off)")
 
     def __post_init__(self) -> None:
         check(self.beam >= 1, "eval.beam", "must be >= 1")
         check(self.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
+        check(self.repetition_penalty > 0, "eval.repetition_penalty", "must be > 0 (1.0 = off)")
+        check(self.no_repeat_ngram_size >= 0, "eval.no_repeat_ngram_size", "must be >= 0 (0 = off)")
 
 
 @dataclass

@@ -53,7 +53,8 @@ def default_mode(cfg) -> str:
 
 @torch.no_grad()
 def decode_records(model, cfg, data: str, mode: str, batch_size: int, max_new_tokens: int, beam: int,
-                   max_samples: int = 0, task: str = "ASR") -> list[dict]:
+                   max_samples: int = 0, task: str = "ASR", repetition_penalty: float = 1.0,
+                   no_repeat_ngram_size: int = 0) -> list[dict]:
     """Generate an answer for every sample of `data`; returns [{key, task, reference, hypothesis}] in order."""
     from tasu.data.config import SourceConfig
     from tasu.data.expansion import speech_expansion
@@ -68,7 +69,8 @@ def decode_records(model, cfg, data: str, mode: str, batch_size: int, max_new_to
     out: list[dict] = []
     for batch in batches:
         batch_mode = "simulated" if batch.is_text_only else mode
-        hyps = model.generate(batch.to(dev), batch_mode, max_new_tokens=max_new_tokens, num_beams=beam)
+        hyps = model.generate(batch.to(dev), batch_mode, max_new_tokens=max_new_tokens, num_beams=beam,
+                              repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
         for key, t, ref, hyp in zip(batch.keys, batch.tasks, batch.references, hyps):
             out.append({"key": key, "task": t, "reference": ref, "hypothesis": hyp})
         if max_samples and len(out) >= max_samples:
@@ -90,6 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-samples", type=int, default=None, help="decode at most N samples (default: "
                                                                  "eval.max_samples; 0 = all)")
     p.add_argument("--task", default="ASR", help="task of records that carry none")
+    p.add_argument("--repetition-penalty", type=float, default=None,
+                   help="penalty on tokens already generated (default: eval.repetition_penalty; 1.0 = off)")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=None,
+                   help="forbid repeated n-grams of this size (default: eval.no_repeat_ngram_size; 0 = off)")
     return p
 
 
@@ -106,9 +112,14 @@ def run_main(argv: Sequence[str]) -> int:
         model, cfg = load_for_eval(args.model)
         mode = args.mode or default_mode(cfg)
         ev = cfg.eval
+        rp = ev.repetition_penalty if args.repetition_penalty is None else args.repetition_penalty
+        nr = ev.no_repeat_ngram_size if args.no_repeat_ngram_size is None else args.no_repeat_ngram_size
+        if not rp > 0 or nr < 0:
+            raise ValueError(f"--repetition-penalty must be > 0 and --no-repeat-ngram-size >= 0, got {rp}, {nr}")
         results = decode_records(model, cfg, args.data, mode, args.batch_size or ev.batch_size,
                                  args.max_new_tokens or ev.max_new_tokens, args.beam or ev.beam,
-                                 ev.max_samples if args.max_samples is None else args.max_samples, args.task)
+                                 ev.max_samples if args.max_samples is None else args.max_samples, args.task,
+                                 repetition_penalty=rp, no_repeat_ngram_size=nr)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"tasu eval run: error: {e}", file=sys.stderr)
         return 2

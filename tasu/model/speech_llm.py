@@ -262,14 +262,21 @@ class SpeechLLM(nn.Module):
         return decoder, head
 
     @torch.no_grad()
-    def generate(self, batch: SpeechBatch, mode: str, max_new_tokens: int = 64, num_beams: int = 1) -> list[str]:
-        """Batched decoding through the LLM's `generate` with inputs_embeds (left padding)."""
+    def generate(self, batch: SpeechBatch, mode: str, max_new_tokens: int = 64, num_beams: int = 1,
+                 repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0) -> list[str]:
+        """Batched decoding through the LLM's `generate` with inputs_embeds (left padding). The repetition controls
+        (eval.repetition_penalty, eval.no_repeat_ngram_size) are passed only when set."""
         speech, lengths = self.speech_embeddings(batch, mode)
         x = self.splice(batch, speech, lengths, left_pad=True)
         # position ids from the mask so a left-padded row sees the same positions as when decoded alone
         position_ids = (x.attention_mask.cumsum(-1) - 1).clamp(min=0)
         tok = self.llm_tokenizer
+        controls = {}
+        if repetition_penalty != 1.0:
+            controls["repetition_penalty"] = repetition_penalty
+        if no_repeat_ngram_size:
+            controls["no_repeat_ngram_size"] = no_repeat_ngram_size
         out = self.llm.generate(inputs_embeds=x.embeds, attention_mask=x.attention_mask, position_ids=position_ids,
                                 max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-                                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+                                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **controls)
         return [tok.decode(row, skip_special_tokens=True).strip() for row in out]
