@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from tasu.eval.metrics import wer
+
 from .train_utils import losses, read_metrics, run_tasu
 
 TONE = "pkg://assets/tone_speech/manifest.jsonl"
@@ -57,3 +59,21 @@ def test_config_error_fails_before_compute(tmp_path):
     r = run_tasu(["train", "tiny", f"output_dir={tmp_path}/x", "train.max_stepz=3"], check=False)
     assert r.returncode == 2 and "train.max_stepz" in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_eval_at_end_decodes_and_scores_data_eval(tmp_path):
+    d = tmp_path / "run"
+    run_tasu(["train", "tiny", f"output_dir={d}", "train.max_steps=5", "train.export_at_end=false",
+              "eval.at_end=true", "eval.max_samples=6", "eval.no_repeat_ngram_size=3",
+              f"data.eval=[{{path: '{TONE}', task: ASR}}]"])
+    lines = [json.loads(ln) for ln in (d / "eval" / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == 6 and all(r["task"] == "ASR" and r["reference"] for r in lines)
+    asr = json.loads((d / "eval" / "report.json").read_text())["scores"]["run"]["asr"]
+    assert asr["metric"] == "wer" and asr["n"] == 6
+    assert asr["value"] == pytest.approx(wer([r["reference"] for r in lines], [r["hypothesis"] for r in lines]))
+    assert "asr" in (d / "eval" / "report.md").read_text()
+
+
+def test_eval_at_end_without_eval_data_is_a_config_error(tmp_path):
+    r = run_tasu(["train", "tiny", f"output_dir={tmp_path}/x", "eval.at_end=true"], check=False)
+    assert r.returncode == 2 and "eval.at_end" in r.stderr

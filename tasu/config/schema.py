@@ -134,7 +134,8 @@ class EvalConfig:
     max_new_tokens: int = doc_field(64, "generation limit")
     batch_size: int = doc_field(8, "evaluation batch size")
     max_samples: int = doc_field(0, "evaluate at most this many samples (0 = all)")
-    at_end: bool = doc_field(False, "evaluate data.eval after training")
+    at_end: bool = doc_field(False, "decode and score data.eval after training -> output_dir/eval/ (results.jsonl, "
+                                    "report.json, report.md)")
     repetition_penalty: float = doc_field(1.0, "penalty on tokens already in the answer (HF semantics; 1.0 = off)")
     no_repeat_ngram_size: int = doc_field(0, "forbid any n-gram of this size twice in an answer (0 = off)")
 
@@ -168,6 +169,10 @@ class Config:
         taste = [s.mode in TASTE_MODES for s in self.stages]
         check(all(taste) or not any(taste), "stages", f"TASTE stages {TASTE_MODES} cannot be mixed with SpeechLLM "
               f"stages in one run, got {[s.mode for s in self.stages]}")
+        if self.eval.at_end:
+            check(bool(self.data.eval), "eval.at_end", "needs data.eval sources to evaluate")
+            check(any(s.mode not in ("ctc",) + TASTE_MODES for s in self.stages), "eval.at_end",
+                  "needs a SpeechLLM stage to decode with (ctc stages: `tasu ctc eval`; TASTE: its stage eval)")
         check(not (self.model.llm.compile and self.train.zero_stage == 3), "model.llm.compile",
               "is not supported with train.zero_stage=3 (ZeRO-3 gathers parameters in module hooks that compiled "
               "layers would trace)")

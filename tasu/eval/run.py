@@ -52,10 +52,11 @@ def default_mode(cfg) -> str:
 
 
 @torch.no_grad()
-def decode_records(model, cfg, data: str, mode: str, batch_size: int, max_new_tokens: int, beam: int,
+def decode_records(model, cfg, data, mode: str, batch_size: int, max_new_tokens: int, beam: int,
                    max_samples: int = 0, task: str = "ASR", repetition_penalty: float = 1.0,
                    no_repeat_ngram_size: int = 0) -> list[dict]:
-    """Generate an answer for every sample of `data`; returns [{key, task, reference, hypothesis}] in order."""
+    """Generate an answer for every sample of `data` (a path, or a data.eval SourceConfig whose own task wins);
+    returns [{key, task, reference, hypothesis}] in order."""
     from tasu.data.config import SourceConfig
     from tasu.data.expansion import speech_expansion
     from tasu.data.loader import eval_batches
@@ -64,7 +65,8 @@ def decode_records(model, cfg, data: str, mode: str, batch_size: int, max_new_to
     dev = backend.device()
     model = model.to(dev).eval()
     builder = PromptBuilder.from_config(cfg.prompts, model.llm_tokenizer)
-    batches = eval_batches(cfg.data, [SourceConfig(path=data, task=task)], mode, model.ctc_tokenizer, builder,
+    source = data if isinstance(data, SourceConfig) else SourceConfig(path=str(data), task=task)
+    batches = eval_batches(cfg.data, [source], mode, model.ctc_tokenizer, builder,
                            batch_size, cfg.simulation, expansion=speech_expansion(model, mode, cfg.data))
     out: list[dict] = []
     for batch in batches:

@@ -250,6 +250,10 @@ def _train(cfg) -> Path:
         from tasu.train.export import export_run
 
         export_run(out, out / "export")
+    if cfg.eval.at_end and rank == 0:
+        from tasu.eval.at_end import evaluate_at_end
+
+        evaluate_at_end(out)
     barrier()
     return out
 
