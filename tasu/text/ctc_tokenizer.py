@@ -96,22 +96,31 @@ class ListCTCTokenizer(CTCTokenizer):
             raise ConfigError("model.ctc_tokenizer.path: token list has duplicates")
         super().__init__(tokens)
         self.lowercase = lowercase
-        self._index = {t: i + 1 for i, t in enumerate(tokens)}
-        self._max_len = max(len(t) for t in tokens)
+        # character trie of the tokens (None marks a token's end -> its id): the longest token at a position is
+        # found in one walk over its characters instead of one slice + lookup per candidate length
+        self._trie: dict = {}
+        for i, t in enumerate(tokens):
+            node = self._trie
+            for ch in t:
+                node = node.setdefault(ch, {})
+            node[None] = i + 1
 
     def encode(self, text: str) -> list[int]:
         if self.lowercase:
             text = text.lower()
-        out, i = [], 0
-        while i < len(text):
-            for n in range(min(self._max_len, len(text) - i), 0, -1):
-                tid = self._index.get(text[i:i + n])
-                if tid is not None:
-                    out.append(tid)
-                    i += n
+        out, i, n = [], 0, len(text)
+        while i < n:
+            node, j, best, end = self._trie, i, None, i + 1
+            while j < n:
+                node = node.get(text[j])
+                if node is None:
                     break
-            else:
-                i += 1
+                j += 1
+                if None in node:
+                    best, end = node[None], j
+            if best is not None:
+                out.append(best)
+            i = end                                   # no listed token starts here: drop the character
         return out
 
 
