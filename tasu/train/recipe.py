@@ -250,11 +250,13 @@ def _train(cfg) -> Path:
         from tasu.train.export import export_run
 
         export_run(out, out / "export")
+    barrier()
     if cfg.eval.at_end and rank == 0:
+        # after the last collective: the other ranks leave instead of waiting (a long decode would outlast the
+        # process group's timeout)
         from tasu.eval.at_end import evaluate_at_end
 
         evaluate_at_end(out)
-    barrier()
     return out
 
 
