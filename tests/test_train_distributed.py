@@ -22,11 +22,15 @@ def falls(ls: list[float]) -> bool:
     ("zero0", ["train.zero_stage=0"]),
     ("zero2", ["train.zero_stage=2"]),
     ("zero3_bf16", ["train.zero_stage=3", "train.precision=bf16"]),
-    ("zero2_lora", ["train.zero_stage=2", "model.lora.r=4", "stages.0.trainable=[projector, lora]"]),
+    ("zero2_lora", ["train.zero_stage=2", "model.lora.r=4", "stages.0.trainable=[projector, lora]",
+                    "eval.at_end=true", "eval.max_samples=4",
+                    "data.eval=[{path: 'pkg://assets/tone_speech/manifest.jsonl', task: ASR}]"]),
 ])
 def test_two_ranks_train(tmp_path, name, overrides):
     d = tmp_path / name
     run_ranks(["train", "tiny", f"output_dir={d}", "train.max_steps=30", "train.export_at_end=false", *overrides])
+    if "eval.at_end=true" in overrides:          # rank 0 decodes after the last barrier (LoRA weights included)
+        assert len((d / "eval" / "results.jsonl").read_text().splitlines()) == 4
     recs = read_metrics(d)
     assert len(recs) == 30
     assert falls([r["loss"] for r in recs]), [round(r["loss"], 3) for r in recs]
