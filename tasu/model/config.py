@@ -33,7 +33,6 @@ class EncoderConfig:
     feature_layers: list[int] = doc_field(None, "hidden layers returned for `features` mode (-1 = last)",
                                           factory=lambda: [-1])
     ctc_weight: float = doc_field(0.0, "weight of a joint CTC loss on the encoder in audio modes (0 = off)")
-    posterior_cache: str | None = doc_field(None, "folder of cached posteriors (skips running the encoder)")
 
     def __post_init__(self) -> None:
         check(self.type in ENCODER_TYPES, "model.encoder.type", f"unknown encoder '{self.type}' {ENCODER_TYPES}")
