@@ -1,8 +1,9 @@
 """Backend facade: the only module that names CUDA / Ascend NPU.
 
-Everything device-specific goes through DeepSpeed's accelerator abstraction
-(`deepspeed.accelerator.get_accelerator()`), selected by `DS_ACCELERATOR` or auto-detected. This module adds a
-small table device type -> communication backend -> autocast dtype, memory stats and RNG state.
+The device type comes from `DS_ACCELERATOR` or is auto-detected; tasu.train.engine passes the same value to
+DeepSpeed, so both agree. This module holds the table device type -> communication backend -> autocast dtype ->
+fused-kernel family, and the device calls tasu needs (set device, synchronize, memory stats, RNG state) through
+the device's torch module (`torch.cuda`, or `torch.npu` once torch_npu is imported), so it needs no DeepSpeed.
 
 The NPU path follows torch_npu's documented API (`import torch_npu`, `torch.npu.*`, backend "hccl") and is
 import-guarded: it is NOT verified on Ascend hardware.
@@ -29,12 +30,16 @@ class BackendInfo:
     supports_fp16: bool    # fp16 training (DeepSpeed refuses fp16 on CPU)
     supports_bf16: bool
     autocast_dtype: torch.dtype
+    kernel_impl: str       # the tasu.kernels family `kernels.impl=auto` picks here
 
 
 BACKENDS = {
-    "cpu": BackendInfo("cpu", "gloo", supports_fp16=False, supports_bf16=True, autocast_dtype=torch.bfloat16),
-    "cuda": BackendInfo("cuda", "nccl", supports_fp16=True, supports_bf16=True, autocast_dtype=torch.bfloat16),
-    "npu": BackendInfo("npu", "hccl", supports_fp16=True, supports_bf16=True, autocast_dtype=torch.bfloat16),
+    "cpu": BackendInfo("cpu", "gloo", supports_fp16=False, supports_bf16=True, autocast_dtype=torch.bfloat16,
+                       kernel_impl="cpu"),
+    "cuda": BackendInfo("cuda", "nccl", supports_fp16=True, supports_bf16=True, autocast_dtype=torch.bfloat16,
+                        kernel_impl="triton"),
+    "npu": BackendInfo("npu", "hccl", supports_fp16=True, supports_bf16=True, autocast_dtype=torch.bfloat16,
+                       kernel_impl="npu"),
 }
 
 
@@ -71,12 +76,12 @@ def info() -> BackendInfo:
     return BACKENDS[current_device_type()]
 
 
-def accelerator():
-    """DeepSpeed's accelerator object for the active backend (sets DS_ACCELERATOR so DeepSpeed agrees)."""
-    os.environ.setdefault("DS_ACCELERATOR", current_device_type())
-    from deepspeed.accelerator import get_accelerator
-
-    return get_accelerator()
+def _device_module():
+    """torch.cuda or torch.npu (registered by importing torch_npu) for the active accelerator."""
+    kind = current_device_type()
+    if kind == "npu":
+        import torch_npu  # noqa: F401
+    return getattr(torch, kind)
 
 
 def device(local_rank: int = 0) -> torch.device:
@@ -89,16 +94,13 @@ def device(local_rank: int = 0) -> torch.device:
 
 def set_device(local_rank: int) -> None:
     if current_device_type() != "cpu":
-        accelerator().set_device(local_rank)
+        _device_module().set_device(local_rank)
 
 
 def device_name() -> str:
     """The accelerator's product name (e.g. 'NVIDIA H100 80GB HBM3'), or the CPU's model name."""
-    kind = current_device_type()
-    if kind == "cuda":
-        return torch.cuda.get_device_name()
-    if kind == "npu":
-        return torch.npu.get_device_name()        # torch_npu's documented mirror of torch.cuda (unverified)
+    if current_device_type() != "cpu":
+        return _device_module().get_device_name()   # torch.npu mirrors torch.cuda here (unverified on NPU)
     from tasu.provenance import cpu_name
 
     return cpu_name()
@@ -106,7 +108,7 @@ def device_name() -> str:
 
 def synchronize() -> None:
     if current_device_type() != "cpu":
-        accelerator().synchronize()
+        _device_module().synchronize()
 
 
 def peak_memory_bytes() -> int:
@@ -115,26 +117,26 @@ def peak_memory_bytes() -> int:
         import resource
 
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-    return int(accelerator().max_memory_allocated())
+    return int(_device_module().max_memory_allocated())
 
 
 def reset_peak_memory() -> None:
     if current_device_type() != "cpu":
-        accelerator().reset_peak_memory_stats()
+        _device_module().reset_peak_memory_stats()
 
 
 def rng_state() -> dict:
     """RNG states to checkpoint: torch CPU + the accelerator's (if any)."""
     state = {"cpu": torch.get_rng_state()}
     if current_device_type() != "cpu":
-        state["device"] = accelerator().get_rng_state()
+        state["device"] = _device_module().get_rng_state()
     return state
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["cpu"])
     if "device" in state and current_device_type() != "cpu":
-        accelerator().set_rng_state(state["device"])
+        _device_module().set_rng_state(state["device"])
 
 
 def check_precision(precision: str) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from tasu.config.fields import check, doc_field
 
-# "auto" picks per backend: cpu -> cpu, cuda -> triton, npu -> npu (see tasu.kernels.dispatch).
+# "auto" picks the family the backend facade names for the active device (tasu.backend.BACKENDS).
 IMPL_CHOICES = ("auto", "reference", "cpu", "triton", "npu")
 
 
@@ -15,7 +15,7 @@ class KernelsConfig:
     """Kernel selection for sim_project, psd_compress, posterior_embed and ctc_loss."""
 
     impl: str = doc_field("auto", "auto (per backend) | reference (pure PyTorch definitions) | cpu (vectorised "
-                                  "PyTorch, any device) | triton (CUDA kernels) | npu (torch_npu, unverified)")
+                                  "PyTorch, any device) | triton (GPU kernels) | npu (Ascend path, unverified)")
 
     def __post_init__(self) -> None:
         check(self.impl in IMPL_CHOICES, "kernels.impl", f"unknown implementation '{self.impl}' {IMPL_CHOICES}")

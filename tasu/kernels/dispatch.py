@@ -7,7 +7,7 @@ Implementations per op (all share one signature and are checked against the refe
     npu        Ascend path through torch_npu (import-guarded; NOT verified on hardware)
 
 Selection: `get_op(name, impl)` > `configure(KernelsConfig(impl=...))` (config key `kernels.impl`) > "auto".
-"auto" maps the backend (`tasu.backend.current_device_type()`) to cpu -> cpu, cuda -> triton, npu -> npu; when that
+"auto" takes the family the backend facade names for the active device (`BackendInfo.kernel_impl`); when that
 implementation is unavailable (Triton not installed, torch_npu missing) it falls back to the reference and logs one
 line per op. An implementation named explicitly must be available, or get_op raises.
 Implementations are imported lazily, so importing tasu.kernels never imports triton or torch_npu.
@@ -26,7 +26,6 @@ from tasu.kernels.config import IMPL_CHOICES, KernelsConfig
 log = logging.getLogger("tasu.kernels")
 
 IMPLS = tuple(i for i in IMPL_CHOICES if i != "auto")
-AUTO_IMPL = {"cpu": "cpu", "cuda": "triton", "npu": "npu"}
 
 # op -> impl -> "module:function"
 _TABLE: dict[str, dict[str, str]] = {
@@ -74,7 +73,8 @@ def configured_impl() -> str:
 
 
 def device_type() -> str:
-    """The active backend ("cpu" | "cuda" | "npu"); the backend facade is the only module naming devices."""
+    """The active backend's device type (from the backend facade, the only module naming devices); "cpu" when
+    the facade cannot be imported."""
     try:
         from tasu.backend import current_device_type
     except ImportError:
@@ -114,10 +114,12 @@ def resolve(name: str, impl: str | None = None) -> str:
         if not ok:
             raise RuntimeError(f"kernel op '{name}': implementation '{want}' was requested but {why}")
         return want
+    from tasu.backend import BACKENDS
+
     backend = device_type()
-    preferred = AUTO_IMPL.get(backend)
-    if preferred is None:
-        raise RuntimeError(f"kernel op '{name}': unknown backend '{backend}' {tuple(AUTO_IMPL)}")
+    if backend not in BACKENDS:
+        raise RuntimeError(f"kernel op '{name}': unknown backend '{backend}' {tuple(BACKENDS)}")
+    preferred = BACKENDS[backend].kernel_impl
     ok, why = impl_available(preferred)
     if ok:
         return preferred
