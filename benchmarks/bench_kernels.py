@@ -231,14 +231,6 @@ def build(case: str, device: str):
 
 
 # ------------------------------------------------------------------ measuring (one subprocess per callable)
-def _proc_kb(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1])
-    raise KeyError(key)
-
-
 def make_call(case: str, which: str, device: str, args: list, params: list):
     """A zero-argument callable running one forward (+ backward) of `which` ("baseline" or an implementation
     family of tasu.kernels), synchronised; it returns the forward's output (and the gradients)."""
@@ -293,22 +285,16 @@ def measure_memory(case: str, which: str, device: str) -> dict:
     """Peak extra memory of one call (fresh process: nothing else has run here but building the inputs)."""
     args, params = build(case, device)
     call = make_call(case, which, device, args, params)
+    from tasu import backend
+
     call()                                                         # warm-up (lazy init, kernel compilation)
     if device == "cpu":
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim(0)                                        # freed heap back to the OS: reuse shows in RSS
-        before = _proc_kb("VmRSS")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")                                           # reset VmHWM to the current RSS
-        out = call()
-        peak = (_proc_kb("VmHWM") - before) * 1024
-    else:
-        from tasu import backend
-
-        backend.reset_peak_memory()
-        before = backend.peak_memory_bytes()
-        out = call()
-        peak = backend.peak_memory_bytes() - before
+        ctypes.CDLL("libc.so.6").malloc_trim(0)                    # freed heap back to the OS: reuse shows in RSS
+    if not backend.reset_peak_memory():                            # CPU: VmHWM <- current RSS
+        raise RuntimeError("cannot reset the peak memory here (/proc/self/clear_refs)")
+    before = backend.peak_memory_bytes()
+    out = call()
+    peak = backend.peak_memory_bytes() - before
     del out
     return dict(peak_mem_bytes=peak)
 
@@ -338,16 +324,10 @@ def measure_time(case: str, impl: str, device: str, repeats: int) -> dict:
 def environment(device: str, threads: int) -> dict:
     import torch
 
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    from tasu.provenance import git_commit
+    from tasu.provenance import cpu_name, git_commit
 
     commit = git_commit()
-    desc = f"{cpu}; {threads} torch thread(s) of {os.cpu_count()} logical CPUs"
+    desc = f"{cpu_name()}; {threads} torch thread(s) of {os.cpu_count()} logical CPUs"
     if device != "cpu":
         from tasu import backend
 

@@ -21,8 +21,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 
 from tasu.provenance import cpu_name, git_commit  # noqa: E402
 from tests.train_utils import read_metrics, run_ranks  # noqa: E402

@@ -215,26 +215,6 @@ def calibrate_blank(speech, cfg, manifest: Path, dropped: float) -> float:
     return shift
 
 
-def peak_rss_bytes() -> int | None:
-    """This process's resident-set high-water mark (VmHWM), resettable with `reset_peak_rss`; None if unreadable."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs), so the baseline's peak is its own."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 class TasuStep:
     """tasu's training step as `tasu train` runs it (tasu/train/recipe.py, first stage, one rank): the stage model
     from `build_stage_model`, the stage's freeze policy, the DeepSpeed engine with the recipe's ds config, the
@@ -243,30 +223,12 @@ class TasuStep:
     engine step (gradient clipping + fused AdamW) -> the logged LR and grad norm."""
 
     def __init__(self, cfg, out: Path):
-        from tasu.data.expansion import speech_expansion
-        from tasu.data.loader import TrainStream
-        from tasu.model.freeze import apply_freeze, encoder_top_layers_regex
-        from tasu.text.prompts import PromptBuilder
-        from tasu.train.engine import Engine, build_ds_config
-        from tasu.train.recipe import build_stage_model, seed_everything, simulation_for
+        from tasu.train.recipe import stage_setup
 
-        t, stage = cfg.train, cfg.stages[0]
-        self.mode = stage.mode
-        seed_everything(t.seed)
-        model = build_stage_model(cfg, 0, out)
-        top = encoder_top_layers_regex(model, stage.encoder_top_layers)
-        apply_freeze(model, stage.trainable, stage.trainable_regex + top, stage.frozen_regex)
-        ds_config = build_ds_config(t, cfg.data.batch_size, 1, mixed_graphs=stage.mode not in ("simulated", "ctc"))
-        lr = stage.lr if stage.lr is not None else t.lr
-        warmup = stage.warmup_steps if stage.warmup_steps is not None else t.warmup_steps
-        self.engine = Engine(model, t, ds_config, lr, warmup, cfg.stage_steps(stage))
+        self.mode = cfg.stages[0].mode
+        self.engine, stream = stage_setup(cfg, 0, out, rank=0, world=1)
         self.speech = self.engine.module
-        pb = PromptBuilder.from_config(cfg.prompts, self.speech.llm_tokenizer)
-        sources = stage.train_data or cfg.data.train
-        sim = simulation_for(cfg, sources, self.speech.ctc_tokenizer, 0)
-        self.stream = iter(TrainStream(cfg.data, sources, stage.mode, self.speech.ctc_tokenizer, pb, sim, rank=0,
-                                       world_size=1, seed=t.seed,
-                                       expansion=speech_expansion(self.speech, stage.mode, cfg.data)))
+        self.stream = iter(stream)
         self.marks: dict[str, float] | None = None   # phase timestamps, only while `phases` runs
 
     def next_batch(self):
@@ -304,8 +266,6 @@ class TasuStep:
         in audio modes also the encoder and PSD); projector forward; LLM forward + splice + loss; LLM backward
         (down to the projector's output); projector backward (+ DeepSpeed's backward epilogue); optimizer step
         (gradient clipping + AdamW + scheduler)."""
-        import statistics
-
         speech, marks = self.speech, {}
         self.marks = marks
 
@@ -401,7 +361,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    os.environ.setdefault("DS_ACCELERATOR", "cpu" if args.device == "cpu" else args.device)
+    os.environ.setdefault("DS_ACCELERATOR", args.device)
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -431,14 +391,14 @@ def main(argv=None) -> int:
         peak, peak_method = datasheet_peak(device_name), f"datasheet dense bf16 peak of '{device_name}'"
     else:
         peak, peak_method = measured_peak, "measured 2048^3 fp32 matmul, same threads"
-    backend.reset_peak_memory()
-    own_peak = args.device == "cpu" and reset_peak_rss()      # not the calibration's encoder pass
+    own_peak = backend.reset_peak_memory()                  # not the calibration's encoder pass
     tasu_run = time_steps(tasu.step, tasu.next_batch, args.steps, args.warmup)
     result = {"mode": args.mode, "tasu": summarise(tasu_run, tasu_flops, peak),
               "tasu_mfu_vs_measured_matmul": tasu_flops / statistics.median(tasu_run["walls"]) / measured_peak,
-              "tasu_peak_memory_bytes": peak_rss_bytes() if own_peak else backend.peak_memory_bytes(),
-              "peak_memory_method": ("VmHWM reset before each side's timed steps (each side's own peak)" if own_peak
-                                     else "device peak allocation / process peak")}
+              "tasu_peak_memory_bytes": backend.peak_memory_bytes(),
+              "peak_memory_method": ("process peak (could not be reset)" if not own_peak else
+                                     f"{'VmHWM' if args.device == 'cpu' else 'device peak allocation'} reset before "
+                                     "each side's timed steps (each side's own peak)")}
     if args.device == "cpu" and args.phase_steps:
         result["tasu"]["phases_s_median"] = tasu.phases(args.phase_steps)
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"step_{args.device}_{args.mode}.json"
@@ -449,8 +409,7 @@ def main(argv=None) -> int:
     if not args.no_baseline and args.mode in ("simulated", "posterior"):
         from reference_step import ReferenceStep
 
-        own_peak = args.device == "cpu" and reset_peak_rss()
-        backend.reset_peak_memory()
+        own_peak = backend.reset_peak_memory()
         ref = ReferenceStep(speech, cfg, args.mode, tasu.engine.device, manifest)
         with FlopCounterMode(display=False) as fc:
             ref.step(next(ref.batches))
@@ -459,7 +418,7 @@ def main(argv=None) -> int:
         result["baseline"] = summarise(ref_run, fc.get_total_flops(), peak)
         phases = [st["phases"] for st in ref_run["stats"]]
         result["baseline"]["phases_s_median"] = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
-        result["baseline_peak_memory_bytes"] = peak_rss_bytes() if own_peak else backend.peak_memory_bytes()
+        result["baseline_peak_memory_bytes"] = backend.peak_memory_bytes()
         result["speedup"] = result["tasu"]["samples_per_s"] / result["baseline"]["samples_per_s"]
     llm = speech.llm.config
     result.update({

@@ -103,11 +103,10 @@ class ReferenceStep:
         audio seconds and the feature lengths [B]."""
         x, lengths, audio_s = features_batch(records, self.cfg)
         enc = self.speech.encoder
+        w = next(enc.parameters())                                                          # bf16 runs
         with torch.no_grad():                                                                # frozen encoder
-            w = next(enc.parameters())                                                      # bf16 runs
-            out = enc(x.to(self.dev, w.dtype), lengths.to(self.dev))
-            probs = torch.softmax(out.logits.float(), dim=-1)                                # [B, T, V]
-        return Posteriors(lengths=out.lengths, vocab_size=enc.vocab_size, probs=probs), audio_s, lengths
+            post = enc.posteriors(x.to(self.dev, w.dtype), lengths.to(self.dev), log_probs=False)   # [B, T, V]
+        return post, audio_s, lengths
 
     def step(self, records: list[dict]) -> dict:
         """One step; the returned dict holds the sizes and `phases` (seconds per phase, CPU wall clock)."""

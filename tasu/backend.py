@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -112,17 +113,31 @@ def synchronize() -> None:
 
 
 def peak_memory_bytes() -> int:
-    """Peak allocated device memory (accelerators) or peak RSS of this process (CPU)."""
+    """Peak allocated device memory (accelerators) or this process's resident-set high-water mark (CPU: VmHWM,
+    which `reset_peak_memory` resets; ru_maxrss where /proc is unreadable)."""
     if current_device_type() == "cpu":
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
         import resource
 
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
     return int(_device_module().max_memory_allocated())
 
 
-def reset_peak_memory() -> None:
+def reset_peak_memory() -> bool:
+    """Restart the peak at the current usage; False where that is impossible (CPU without /proc/self/clear_refs)."""
     if current_device_type() != "cpu":
         _device_module().reset_peak_memory_stats()
+        return True
+    try:
+        Path("/proc/self/clear_refs").write_text("5")          # Linux: VmHWM <- current RSS
+        return True
+    except OSError:
+        return False
 
 
 def rng_state() -> dict:

@@ -73,11 +73,13 @@ def _bench(argv: list[str]) -> int:
         print(f"tasu bench: {script} not found: benchmarks run from a source checkout (pip install -e .)",
               file=sys.stderr)
         return 2
-    sys.argv = [str(script), *argv[1:]]
+    saved, sys.argv = sys.argv, [str(script), *argv[1:]]
     try:
         runpy.run_path(str(script), run_name="__main__")
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = saved
     return 0
 
 

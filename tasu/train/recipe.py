@@ -124,6 +124,38 @@ def train(cfg) -> Path:
         raise lost from e
 
 
+def stage_setup(cfg, si: int, out: Path, rank: int, world: int):
+    """(DeepSpeed engine, TrainStream) for stage `si`: seed, stage model with the previous stages' weights, freeze
+    policy, merged DeepSpeed config (written to out/ds_config.<stage>.json by rank 0), engine and data stream.
+    The training loop below and benchmarks/bench_step.py both start a stage here."""
+    t_cfg, stage = cfg.train, cfg.stages[si]
+    seed_everything(t_cfg.seed + 1000 * si)
+    model = build_stage_model(cfg, si, out)
+    top = encoder_top_layers_regex(model, stage.encoder_top_layers)
+    summary = apply_freeze(model, stage.trainable, stage.trainable_regex + top, stage.frozen_regex)
+    if rank == 0:
+        log_summary(summary, stage.name)
+    ds_config = build_ds_config(t_cfg, cfg.data.batch_size, world, mixed_graphs=stage.mode not in ("simulated", "ctc"))
+    if rank == 0:
+        import json
+
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"ds_config.{stage.name}.json").write_text(json.dumps(ds_config, indent=2), encoding="utf-8")
+    lr = stage.lr if stage.lr is not None else t_cfg.lr
+    warmup = stage.warmup_steps if stage.warmup_steps is not None else t_cfg.warmup_steps
+    group_lrs = {"encoder": stage.encoder_lr} if stage.encoder_lr is not None else None
+    engine = Engine(model, t_cfg, ds_config, lr, warmup, cfg.stage_steps(stage), group_lrs)
+    speech = engine.module
+    speech.uniform_graph = engine.zero_stage == 3 and stage.mode not in ("simulated", "ctc")
+    prompt_builder = None if stage.mode == "ctc" else PromptBuilder.from_config(cfg.prompts, speech.llm_tokenizer)
+    sources = stage.train_data or cfg.data.train
+    sim_cfg = simulation_for(cfg, sources, speech.ctc_tokenizer, rank)
+    stream = TrainStream(cfg.data, sources, stage.mode, speech.ctc_tokenizer, prompt_builder, sim_cfg,
+                         rank=rank, world_size=world, seed=t_cfg.seed + 1000 * si,
+                         expansion=speech_expansion(speech, stage.mode, cfg.data))
+    return engine, stream
+
+
 def _train(cfg) -> Path:
     rank, local_rank, world = init_distributed(cfg.train.timeout_minutes)
     comm_faults.start_heartbeat(rank, world)  # lets survivors tell which rank was lost (multi-rank runs)
@@ -147,30 +179,8 @@ def _train(cfg) -> Path:
             global_step += steps
             metrics.advance_bar(steps)
             continue
-        seed_everything(t_cfg.seed + 1000 * si)
-        model = build_stage_model(cfg, si, out)
-        top = encoder_top_layers_regex(model, stage.encoder_top_layers)
-        summary = apply_freeze(model, stage.trainable, stage.trainable_regex + top, stage.frozen_regex)
-        if rank == 0:
-            log_summary(summary, stage.name)
-        ds_config = build_ds_config(t_cfg, cfg.data.batch_size, world,
-                                    mixed_graphs=stage.mode not in ("simulated", "ctc"))
-        if rank == 0:
-            import json
-
-            (out / f"ds_config.{stage.name}.json").write_text(json.dumps(ds_config, indent=2), encoding="utf-8")
-        lr = stage.lr if stage.lr is not None else t_cfg.lr
-        warmup = stage.warmup_steps if stage.warmup_steps is not None else t_cfg.warmup_steps
-        group_lrs = {"encoder": stage.encoder_lr} if stage.encoder_lr is not None else None
-        engine = Engine(model, t_cfg, ds_config, lr, warmup, steps, group_lrs)
+        engine, stream = stage_setup(cfg, si, out, rank, world)
         speech = engine.module
-        speech.uniform_graph = engine.zero_stage == 3 and stage.mode not in ("simulated", "ctc")
-        prompt_builder = None if stage.mode == "ctc" else PromptBuilder.from_config(cfg.prompts, speech.llm_tokenizer)
-        sources = stage.train_data or cfg.data.train
-        sim_cfg = simulation_for(cfg, sources, speech.ctc_tokenizer, rank)
-        stream = TrainStream(cfg.data, sources, stage.mode, speech.ctc_tokenizer, prompt_builder, sim_cfg,
-                             rank=rank, world_size=world, seed=t_cfg.seed + 1000 * si,
-                             expansion=speech_expansion(speech, stage.mode, cfg.data))
         step = 0
         if resume is not None and si == resume.stage_index:
             engine.load(resume.root, resume.tag)
@@ -244,7 +254,7 @@ def _train(cfg) -> Path:
             ckpt.save_carry(ckpt.carry_path(out, stage.name), full)
         barrier()
         engine.destroy()
-        del engine, speech, model
+        del engine, speech
     metrics.close()
     if t_cfg.export_at_end and rank == 0:
         from tasu.train.export import export_run
