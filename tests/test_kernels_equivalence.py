@@ -18,16 +18,7 @@ from tasu.kernels.torch_ops.posterior_embed import posterior_embed_fused, poster
 from tasu.kernels.torch_ops.psd import psd_compress_reference, psd_compress_vectorised
 from tasu.kernels.torch_ops.sim_project import sim_project_fused, sim_project_reference
 
-TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
-
-
-def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
-    """max |a - ref| / max |ref|; for an all-zero reference (e.g. the logit gradient of top-1) the absolute error."""
-    a, ref = a.detach().double(), ref.detach().double()
-    if not ref.numel():
-        return 0.0
-    scale = float(ref.abs().max())
-    return float((a - ref).abs().max()) / (scale if scale > 1e-12 else 1.0)
+from .kernel_checks import TOL, rel_err
 
 
 def check_close(out, ref, dtype, what):

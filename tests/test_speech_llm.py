@@ -46,18 +46,19 @@ def test_loss_is_finite_and_has_grad_on_projector(model_and_cfg):
     model.zero_grad(set_to_none=True)
 
 
-def test_answer_only_logits_give_the_full_llm_loss_and_grads(model_and_cfg):
+def test_answer_only_logits_give_the_full_llm_loss_and_grads(model_and_cfg, monkeypatch):
     """The LM head on answer positions only must equal the loss of the whole LLM's logits (what it replaces)."""
     model, cfg = model_and_cfg
     assert model._decoder_and_head()[0] is not None                # the tiny Llama takes the answer-only path
     batch = text_batch(model, SENTS, cfg)
     results = []
     for answer_only in (True, False):
-        model.answer_only_logits = answer_only
+        if not answer_only:                                        # the fallback: the whole LLM's logits
+            monkeypatch.setattr(model, "_decoder_and_head", lambda: (None, None))
         loss, n_tok = model(batch, "simulated")
         grads = torch.autograd.grad(loss, list(model.projector.parameters()))
         results.append((loss.detach(), n_tok, grads))
-    model.answer_only_logits = True
+    monkeypatch.undo()
     (fast, n_fast, g_fast), (full, n_full, g_full) = results
     assert n_fast == n_full == sum(len(a) for a in batch.answer)
     torch.testing.assert_close(fast, full, rtol=1e-6, atol=1e-6)

@@ -8,7 +8,6 @@ that they stay unique per task.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -18,25 +17,21 @@ log = logging.getLogger("tasu.eval")
 def evaluate_at_end(run_dir: Path) -> dict:
     """Decode and score data.eval for the run in `run_dir` (its config.yaml and trained weights); returns the
     report as JSON."""
-    from tasu.eval.report import build_report, load_results, render_markdown, report_to_json
-    from tasu.eval.run import decode_records, default_mode, load_for_eval
+    from tasu.eval.report import build_report, load_results, report_to_json, write_report
+    from tasu.eval.run import decode_records, default_mode, load_for_eval, write_results
 
     model, cfg = load_for_eval(run_dir)
     mode, ev = default_mode(cfg), cfg.eval
     out = Path(run_dir) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    lines = []
+    records = []
     for i, source in enumerate(cfg.data.eval):
         recs = decode_records(model, cfg, source, mode, ev.batch_size, ev.max_new_tokens, ev.beam, ev.max_samples,
                               repetition_penalty=ev.repetition_penalty, no_repeat_ngram_size=ev.no_repeat_ngram_size)
         for r in recs:
             key = f"{i}:{r['key']}" if len(cfg.data.eval) > 1 else r["key"]
-            lines.append(json.dumps({**r, "key": key, "source": source.name or source.path}, ensure_ascii=False))
-    results = out / "results.jsonl"
-    results.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    report = build_report([load_results(results, name=Path(run_dir).name)])
-    as_json = report_to_json(report)
-    (out / "report.json").write_text(json.dumps(as_json, indent=2) + "\n", encoding="utf-8")
-    (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
-    log.info("eval.at_end: %d records (mode %s) -> %s", len(lines), mode, out / "report.md")
-    return as_json
+            records.append({**r, "key": key, "source": source.name or source.path})
+    write_results(out / "results.jsonl", records)
+    report = build_report([load_results(out / "results.jsonl", name=Path(run_dir).name)])
+    write_report(report, out / "report.md", out / "report.json")
+    log.info("eval.at_end: %d records (mode %s) -> %s", len(records), mode, out / "report.md")
+    return report_to_json(report)

@@ -255,6 +255,15 @@ def report_to_json(rep: Report) -> dict:
 # ---------------------------------------------------------------- CLI
 
 
+def write_report(rep: Report, md_path: str | Path | None, json_path: str | Path | None) -> None:
+    """The report as Markdown and / or JSON (strict JSON: a non-finite score is written as null)."""
+    if md_path:
+        Path(md_path).write_text(render_markdown(rep), encoding="utf-8")
+    if json_path:
+        Path(json_path).write_text(json.dumps(report_to_json(rep), indent=2, allow_nan=False) + "\n",
+                                   encoding="utf-8")
+
+
 def _parse_system_arg(arg: str) -> tuple[str | None, str]:
     """PATH or NAME=PATH -> (name or None, path). An existing file wins over the NAME=PATH reading."""
     if Path(arg).exists() or "=" not in arg:
@@ -301,14 +310,9 @@ def report_main(argv: Sequence[str]) -> int:
             name, path = _parse_system_arg(arg)
             systems.append(load_results(path, name, registry))
         rep = build_report(systems, registry)
-        md = render_markdown(rep)
-        if args.out:
-            Path(args.out).write_text(md, encoding="utf-8")
-        else:
-            print(md)
-        if args.json_out:
-            Path(args.json_out).write_text(json.dumps(report_to_json(rep), indent=2, allow_nan=False) + "\n",
-                                           encoding="utf-8")
+        if not args.out:
+            print(render_markdown(rep))
+        write_report(rep, args.out, args.json_out)
     except (ResultsError, OSError) as e:
         print(f"tasu eval report: error: {e}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ each sample becomes one JSON line {"key", "task", "reference", "hypothesis"}: th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -80,6 +81,16 @@ def decode_records(model, cfg, data, mode: str, batch_size: int, max_new_tokens:
     return out
 
 
+def write_results(path: Path, records: list[dict]) -> None:
+    """Results as JSON lines ({key, task, reference, hypothesis, ...}), written atomically (tmp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tasu eval run", description=(
         "Decode evaluation records with a trained SpeechLLM and write {key, task, reference, hypothesis} JSON "
@@ -113,24 +124,16 @@ def run_main(argv: Sequence[str]) -> int:
     try:
         model, cfg = load_for_eval(args.model)
         mode = args.mode or default_mode(cfg)
-        ev = cfg.eval
-        rp = ev.repetition_penalty if args.repetition_penalty is None else args.repetition_penalty
-        nr = ev.no_repeat_ngram_size if args.no_repeat_ngram_size is None else args.no_repeat_ngram_size
-        if not rp > 0 or nr < 0:
-            raise ValueError(f"--repetition-penalty must be > 0 and --no-repeat-ngram-size >= 0, got {rp}, {nr}")
+        flags = {k: getattr(args, k) for k in ("repetition_penalty", "no_repeat_ngram_size")}
+        ev = dataclasses.replace(cfg.eval, **{k: v for k, v in flags.items() if v is not None})   # checks them
         results = decode_records(model, cfg, args.data, mode, args.batch_size or ev.batch_size,
                                  args.max_new_tokens or ev.max_new_tokens, args.beam or ev.beam,
                                  ev.max_samples if args.max_samples is None else args.max_samples, args.task,
-                                 repetition_penalty=rp, no_repeat_ngram_size=nr)
+                                 repetition_penalty=ev.repetition_penalty, no_repeat_ngram_size=ev.no_repeat_ngram_size)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"tasu eval run: error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in results:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(out)
+    write_results(out, results)
     print(f"wrote {len(results)} results to {out} (mode {mode})")
     return 0

@@ -52,16 +52,13 @@ class SpeechLLM(nn.Module):
         self.psd_threshold = psd_threshold  # None: PSD off
         self.feature_layers = tuple(feature_layers)
         self.ctc_weight = ctc_weight      # joint CTC loss on the encoder (audio batches with ctc_targets)
-        self._aux_loss: torch.Tensor | None = None
-        self._ctc_loss: torch.Tensor | None = None
+        self._ctc_loss: torch.Tensor | None = None   # the last forward's encoder CTC loss (joint CTC), if any
         # the last forward's loss terms when it had more than one (detached): {"llm_loss", "ctc_loss"} or {}
         self.loss_parts: dict[str, torch.Tensor] = {}
         # ZeRO-3 with mixed batch kinds: every rank must run the same graph each step (a rank skipping the encoder
         # on a text batch while a peer runs it on audio would leave all-gathers / reduce-scatters unmatched ->
         # hang or silent corruption). The recipe sets this for ZeRO-3 stages in an audio mode.
         self.uniform_graph = False
-        # LM head on answer positions only (see answer_logits); False runs the whole LLM (same loss, more work)
-        self.answer_only_logits = True
 
     # ---- speech side -------------------------------------------------------------------------------------------
     def encode(self, batch: SpeechBatch, mode: str) -> Posteriors:
@@ -81,7 +78,6 @@ class SpeechLLM(nn.Module):
         post = self.encoder.posteriors(batch.feats, batch.feat_lengths, hidden_layers=layers, log_probs=ctc)
         if ctc:
             self._ctc_loss = self.ctc_loss(post, batch.ctc_targets)
-            self._aux_loss = self.ctc_weight * self._ctc_loss
         if self.psd_threshold is not None:
             # projectors read probabilities (and features) only: no merged log-probs, so PSD runs as the
             # `psd_compress` kernel op
@@ -218,16 +214,16 @@ class SpeechLLM(nn.Module):
     # ---- training / inference --------------------------------------------------------------------------------
     def forward(self, batch: SpeechBatch, mode: str) -> tuple[torch.Tensor, int]:
         """Mean cross-entropy over answer tokens, and the number of answer tokens."""
-        self._aux_loss = self._ctc_loss = None
+        self._ctc_loss = None
         speech, lengths = self.speech_embeddings(batch, mode)
         x = self.splice(batch, speech, lengths)
         logits, target = self.answer_logits(x)                  # [N, Vllm] fp32, [N]
         loss = nn.functional.cross_entropy(logits, target)
         self.loss_parts = {}
-        if self._aux_loss is not None:
+        if self._ctc_loss is not None:
             # logged apart by the recipe: loss = llm_loss + model.encoder.ctc_weight * ctc_loss
             self.loss_parts = {"llm_loss": loss.detach(), "ctc_loss": self._ctc_loss.detach()}
-            loss = loss + self._aux_loss
+            loss = loss + self.ctc_weight * self._ctc_loss
         return loss, int(target.numel())
 
     def answer_logits(self, x: LLMInputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,7 +246,7 @@ class SpeechLLM(nn.Module):
         """(decoder stack, LM head) of an HF causal LM (PEFT-wrapped too), or (None, None) where the logits are
         more than head(hidden)."""
         cfg = getattr(self.llm, "config", None)
-        if not self.answer_only_logits or cfg is None or any(
+        if cfg is None or any(
                 getattr(cfg, k, None) for k in ("final_logit_softcapping", "logit_scale", "logits_scaling")):
             return None, None
         try:

@@ -218,11 +218,10 @@ def _train(cfg) -> Path:
                     continue  # every rank agreed (all-reduced flag): no backward, no step, collectives stay in step
                 engine.backward(loss)
                 engine.step()
-                parts = getattr(engine.module, "loss_parts", None) or {}
-                if parts:
+                if log_parts and speech.loss_parts:
                     n_parts += 1
                     for k in part_sums:
-                        part_sums[k] += float(parts[k])
+                        part_sums[k] += float(speech.loss_parts[k])
                 loss_sum += float(loss.detach())
                 n_tok += ntok
                 n_samples += len(batch)
