@@ -101,10 +101,9 @@ class _SimProjectTriton(torch.autograd.Function):
         g32 = g.float()
         gb = g32.sum(0)                                                         # [D]
         u = torch.mv(g32.t(), n_c)                                              # [D]
-        if need_w:
-            dw = torch.outer(u, gamma.float() if gamma is not None else torch.ones(v, device=w.device))
-            if beta is not None:
-                dw.addr_(gb, beta.float())
+        ug = torch.stack([u, gb], 1)                                            # [D, 2]
+        if need_w:   # rank-2 dense part u (x) gamma + gb (x) beta; the kernel adds the column scatter
+            dw = torch.mm(ug, ln_rows(gamma, beta, v, torch.float32, w.device))
         else:
             dw = torch.empty(1, dtype=torch.float32, device=w.device)
         e = torch.empty(n, dtype=torch.float32, device=w.device)
@@ -113,10 +112,12 @@ class _SimProjectTriton(torch.autograd.Function):
             _bwd_kernel[(n,)](g, w, flat, (dd * gi).contiguous(), wg, dw, e, q, d, v, BLOCK_D=_BLOCK_D,
                               WRITE_DW=need_w)
         d_gamma = d_beta = d_s = None
-        if need_g:
-            d_gamma = torch.mv(w.t(), u.to(w.dtype)).float().index_add_(0, flat, dd * e).to(gamma.dtype)
-        if need_be:
-            d_beta = torch.mv(w.t(), gb.to(w.dtype)).to(beta.dtype)
+        if need_g or need_be:
+            d_gb = torch.mm(ug.t().to(w.dtype), w).float()                      # [2, V]: W^T u, W^T gb in one pass
+            if need_g:
+                d_gamma = d_gb[0].index_add_(0, flat, dd * e).to(gamma.dtype)
+            if need_be:
+                d_beta = d_gb[1].to(beta.dtype)
         if need_s:
             d_s = (ctx.eps * rstd.pow(3) * (q / v - gi * e)).reshape(ctx.shape).to(grad_out.dtype)
         return (None, d_s, dw.to(w.dtype) if need_w else None, gb.to(w.dtype) if need_b else None, d_gamma, d_beta,
