@@ -14,7 +14,7 @@ from tasu.model.encoders.build import build_encoder
 from tasu.model.llm import apply_lora, compile_decoder_layers, load_llm
 from tasu.model.projectors import build_projector
 from tasu.model.speech_llm import SpeechLLM
-from tasu.text.ctc_tokenizer import LLM_TOKENIZER_TYPES, CTCTokenizer, build_ctc_tokenizer
+from tasu.text.ctc_tokenizer import LLM_TOKENIZER_TYPES, CTCTokenizer, HFCTCTokenizer, build_ctc_tokenizer
 
 log = logging.getLogger("tasu.model")
 
@@ -22,7 +22,7 @@ log = logging.getLogger("tasu.model")
 def ctc_to_llm_ids(ctc_tok: CTCTokenizer, llm_tok) -> list[int]:
     """LLM token id for each CTC unit (ids 1..V-1): exact for an LLM-derived CTC vocabulary; otherwise the first
     LLM token of the unit's surface text (used for `init: embedding` and LegoSLM)."""
-    if getattr(ctc_tok, "hf", None) is llm_tok and hasattr(ctc_tok, "hf_ids"):   # hf / llm / llm-units
+    if isinstance(ctc_tok, HFCTCTokenizer) and ctc_tok.hf is llm_tok:   # hf / llm / llm-units
         return list(ctc_tok.hf_ids)
     out = []
     for unit in ctc_tok.units:

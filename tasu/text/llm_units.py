@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from tasu.config.fields import ConfigError
-from tasu.text.ctc_tokenizer import CTCTokenizer
+from tasu.text.ctc_tokenizer import HFCTCTokenizer
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz'"
 _MAX_PIECE = 24   # longest unit considered by the segmentation DP, in byte-level characters
@@ -31,8 +31,9 @@ def word_marker(hf_tokenizer) -> str:
     return toks[-1][:-1]
 
 
-class LLMUnitTokenizer(CTCTokenizer):
-    """Text <-> CTC ids over a subset of an LLM tokenizer's tokens (id 0 is the blank)."""
+class LLMUnitTokenizer(HFCTCTokenizer):
+    """Text <-> CTC ids over a subset of an LLM tokenizer's tokens (id 0 is the blank): the HF tokenizer with
+    `compact_ids` = the units' ids, and an encoder that cuts words the subset lacks into the fewest units."""
 
     def __init__(self, hf_tokenizer, units: list[str]):
         if len(set(units)) != len(units) or not units:
@@ -42,10 +43,7 @@ class LLMUnitTokenizer(CTCTokenizer):
         if missing:
             raise ConfigError(f"model.ctc_tokenizer.path: {len(missing)} units are not tokens of the LLM tokenizer, "
                               f"e.g. {missing[:5]}")
-        super().__init__(units)
-        self.hf = hf_tokenizer
-        self.hf_ids = [vocab[u] for u in units]
-        self._by_hf = {h: i + 1 for i, h in enumerate(self.hf_ids)}
+        super().__init__(hf_tokenizer, [vocab[u] for u in units])    # units, hf, hf_ids, to_llm_ids, _to_ctc
         self._by_str = {u: i + 1 for i, u in enumerate(units)}
         self._cache: dict[str, list[int]] = {}
 
@@ -55,8 +53,8 @@ class LLMUnitTokenizer(CTCTokenizer):
         if hit is not None:
             return hit
         full = self.hf.encode(" " + word, add_special_tokens=False)
-        if all(h in self._by_hf for h in full):
-            out = [self._by_hf[h] for h in full]
+        if all(h in self._to_ctc for h in full):
+            out = [self._to_ctc[h] for h in full]
         else:
             # the word as the tokenizer writes it ('Ġword' / '▁word'), cut into the fewest inventory units
             out = self._fewest_pieces("".join(self.hf.convert_ids_to_tokens(full)))
@@ -80,11 +78,7 @@ class LLMUnitTokenizer(CTCTokenizer):
         return [t for w in text.lower().split() for t in self._word(w)]
 
     def decode(self, ids) -> str:
-        return self.hf.decode([self.hf_ids[int(i) - 1] for i in ids if 0 < int(i) < self.vocab_size]).strip()
-
-    def to_llm_ids(self, ctc_ids) -> list[int]:
-        """CTC ids (no blanks) -> LLM token ids."""
-        return [self.hf_ids[int(i) - 1] for i in ctc_ids]
+        return super().decode(ids).strip()
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
