@@ -216,15 +216,9 @@ def padding_ratios(cfg, durs: np.ndarray, fixed_batch: int) -> dict:
 
 
 def device_name() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {model}, {os.cpu_count()} cores"
+    from tasu.provenance import cpu_name
+
+    return f"cpu: {cpu_name()}, {os.cpu_count()} cores"
 
 
 def commit() -> tuple[str, bool]:

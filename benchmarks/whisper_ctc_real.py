@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from tasu.config.loader import load_config  # noqa: E402
 from tasu.demo.assets import MissingAsset, botchan_text, read_jsonl, real_test_manifest, whisper_tiny_en  # noqa: E402
-from tasu.demo.ctc_head import HeadTraining, cache_states, train_head  # noqa: E402
+from tasu.demo.ctc_head import HeadTraining, cache_states, merge_states, train_head  # noqa: E402
 from tasu.eval.ctc_eval import ctc_batches, evaluate_ctc  # noqa: E402
 from tasu.eval.metrics import cer  # noqa: E402
 from tasu.model.build import build_ctc_model  # noqa: E402
@@ -119,8 +119,7 @@ def run(argv: list[str] | None = None) -> int:
         recs = read_jsonl(manifest)
         parts += [cache_states(model.encoder, [r for r in recs if r["voice"] == v], manifest.parent,
                                work / "states" / f"{name}-{v}-{args.per_voice}.pt") for v in voices]
-    train = {k: [x for part in parts for x in part[k]] for k in ("keys", "texts", "voices", "states")}
-    train["seconds"] = sum(part["seconds"] for part in parts)
+    train = merge_states(parts)
     dev = cache_states(model.encoder, read_jsonl(dev_manifest), dev_manifest.parent, work / "states" / "dev.pt")
     log.info("cached states: %d train clips, %d dev clips", len(train["keys"]), len(dev["keys"]))
 

