@@ -16,7 +16,7 @@ import torch
 from tasu.config.fields import ConfigError
 from tasu.taste.data import Utterance, eval_batches
 from tasu.taste.layers import lengths_to_mask
-from tasu.taste.metrics import bitrate, next_speech_selection_accuracy, tokens_per_second
+from tasu.taste.metrics import bitrate, next_speech_selection_accuracy, tokens_per_second, unit_accuracy
 from tasu.taste.model import TasteAutoencoder
 from tasu.taste.taslm_model import TaslmModel, continuation_scores, speech_selection_scores
 
@@ -65,9 +65,9 @@ class TokenizerTask:
     def step(self, engine, batch) -> tuple[torch.Tensor, dict[str, float]]:
         out = engine.forward(**batch.tokenizer_inputs(), mode=self.mode)
         mask = lengths_to_mask(batch.unit_lengths, batch.units.shape[1], "unit_lengths")
-        acc = ((out.logits.detach().argmax(-1) == batch.units) & mask).sum() / mask.sum()
         parts = {"unit_loss": out.unit_loss.item(), "commit_loss": out.commit_loss.item(),
-                 "length_loss": out.length_loss.item(), "unit_acc": acc.item()}
+                 "length_loss": out.length_loss.item(),
+                 "unit_acc": unit_accuracy(out.logits.detach().argmax(-1), batch.units, mask)}
         if out.rvq is not None:
             parts["rvq_perplexity"] = float(out.rvq.perplexity.mean())
             parts["rvq_used"] = float(out.rvq.used_fraction.mean())

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tasu.taste.taslm import PAD_CODE, SpeechEmbedding, SpeechHeads, TaslmLoss, taslm_loss
+from tasu.taste.taslm import PAD_CODE, SpeechEmbedding, SpeechHeads, TaslmLoss, delay_codes, taslm_loss
 
 IGNORE = -100
 
@@ -68,7 +68,7 @@ class TaslmModel(nn.Module):
         text[:, 1:seq + 1] = text_ids.masked_fill(~valid_tok, self.pad_id)
         text = torch.where(pos == n + 1, torch.full_like(text, self.eos_id), text)
         speech = torch.full((b, s, self.num_codebooks), PAD_CODE, dtype=torch.long, device=dev)
-        speech[:, 1 + d:1 + d + seq] = codes.masked_fill(~valid_tok.unsqueeze(-1), PAD_CODE)
+        speech[:, 1:1 + seq + d] = delay_codes(codes, n.squeeze(1), d)                   # codes d steps after text
         row_len = 1 + torch.maximum(n + 1, n + d)                                          # [B, 1]
         text_tgt = text.masked_fill(pos > n + 1, IGNORE)
         return {"text": text[:, :-1], "speech": speech[:, :-1], "attention": (pos < row_len)[:, :-1].long(),

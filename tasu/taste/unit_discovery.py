@@ -34,13 +34,13 @@ def build_frozen_encoder(cfg, weights: dict[str, Tensor] | None = None, device=N
     """The config's encoder, frozen and in eval mode. `weights`: a carry dict; its `encoder.*` tensors (a ctc or
     SpeechLLM stage's encoder) replace the built ones."""
     from tasu.model.encoders.build import build_encoder
-    from tasu.text.ctc_tokenizer import build_ctc_tokenizer
+    from tasu.text.ctc_tokenizer import LLM_TOKENIZER_TYPES, build_ctc_tokenizer
 
     m = cfg.model
     if m.encoder.type == "none":
         raise ConfigError("config key 'model.encoder.type': TASTE needs a speech encoder (e.g. whisper), got 'none'")
     llm_tok = None
-    if m.ctc_tokenizer.type == "llm":
+    if m.ctc_tokenizer.type in LLM_TOKENIZER_TYPES:       # llm / llm-units: built over the LLM's tokenizer
         from tasu.taste.data import text_tokenizer
 
         llm_tok = text_tokenizer(m.llm)
