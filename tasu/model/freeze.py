@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 
 from torch import nn
 
@@ -30,8 +31,9 @@ def group_of(name: str) -> str:
 
 
 def apply_freeze(model: nn.Module, groups: list[str], trainable_regex: list[str] = (),
-                 frozen_regex: list[str] = ()) -> dict:
+                 frozen_regex: list[str] = (), group_fn: Callable[[str], str] = group_of) -> dict:
     """Set requires_grad: groups, then `trainable_regex` (unfreeze), then `frozen_regex` (freeze, wins).
+    `group_fn` names a parameter's group (SpeechLLM groups by default; TASTE passes its own).
 
     Returns {"trainable": {group: n_params}, "frozen": {group: n_params}, "names": [trainable names]}.
     Raises if nothing is trainable (a stage that trains nothing is a config error).
@@ -43,7 +45,7 @@ def apply_freeze(model: nn.Module, groups: list[str], trainable_regex: list[str]
         raise ConfigError(f"config key 'stages.*.trainable_regex/frozen_regex': bad regex: {e}") from None
     summary: dict = {"trainable": {}, "frozen": {}, "names": []}
     for name, p in model.named_parameters():
-        g = group_of(name)
+        g = group_fn(name)
         on = g in groups or any(r.search(name) for r in t_res)
         if any(r.search(name) for r in f_res):
             on = False

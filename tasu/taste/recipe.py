@@ -27,15 +27,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import time
 from pathlib import Path
-
-import torch
 
 from tasu import backend
 from tasu.config.fields import ConfigError
 from tasu.config.loader import dump_yaml
+from tasu.model.freeze import apply_freeze
 from tasu.taste.config import TASTE_MODES
 from tasu.taste.data import Utterance, assign_units, text_tokenizer, train_batches
 from tasu.taste.tasks import Corpus, TaslmTask, TokenizerTask, require_tokenizer
@@ -142,25 +140,6 @@ def group_of(name: str) -> str:
     return name.split(".", 1)[0]
 
 
-def apply_freeze(model: torch.nn.Module, stage) -> int:
-    """requires_grad from stage.trainable groups, then trainable_regex, then frozen_regex (wins); returns the
-    number of trainable parameters (0 is a config error)."""
-    try:
-        on_res = [re.compile(r) for r in stage.trainable_regex]
-        off_res = [re.compile(r) for r in stage.frozen_regex]
-    except re.error as e:
-        raise ConfigError(f"config key 'stages[{stage.name}].trainable_regex/frozen_regex': bad regex: {e}") from None
-    n = 0
-    for name, p in model.named_parameters():
-        on = (group_of(name) in stage.trainable or any(r.search(name) for r in on_res)) and \
-            not any(r.search(name) for r in off_res)
-        p.requires_grad_(on)
-        n += p.numel() if on else 0
-    if n == 0:
-        raise ConfigError(f"config key 'stages[{stage.name}].trainable': no trainable parameter for {stage.trainable}")
-    return n
-
-
 # -- the loop ----------------------------------------------------------------------------------------------------------
 
 def run_stage(cfg, si: int, corpus: Corpus, out: Path, rank: int, world: int, metrics: MetricsLogger,
@@ -173,7 +152,8 @@ def run_stage(cfg, si: int, corpus: Corpus, out: Path, rank: int, world: int, me
         task = TaslmTask(cfg, stage, corpus, prev, prev_path, t_cfg.seed)
     else:
         task = TokenizerTask(cfg, stage, corpus, prev, prev_path)
-    n_train = apply_freeze(task.model, stage)
+    summary = apply_freeze(task.model, stage.trainable, stage.trainable_regex, stage.frozen_regex, group_fn=group_of)
+    n_train = sum(summary["trainable"].values())
     if rank == 0:
         log.info("stage %s (%s): %d trainable parameters", stage.name, stage.mode, n_train)
     ds_config = build_ds_config(t_cfg, cfg.data.batch_size, world)
