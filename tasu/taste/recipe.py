@@ -143,11 +143,12 @@ def group_of(name: str) -> str:
 # -- the loop ----------------------------------------------------------------------------------------------------------
 
 def run_stage(cfg, si: int, corpus: Corpus, out: Path, rank: int, world: int, metrics: MetricsLogger,
-              global_step: int) -> int:
+              global_step: int, prev: tuple[dict, Path | None] | None = None) -> int:
+    """One stage; `prev`: the weights it starts from when the caller has already read them."""
     stage, t_cfg = cfg.stages[si], cfg.train
     steps = cfg.stage_steps(stage)
     seed_everything(t_cfg.seed + 1000 * si)
-    prev, prev_path = previous_weights(cfg, si, out)
+    prev, prev_path = prev if prev is not None else previous_weights(cfg, si, out)
     if stage.mode == "taslm":
         task = TaslmTask(cfg, stage, corpus, prev, prev_path, t_cfg.seed)
     else:
@@ -232,7 +233,8 @@ def train_taste(cfg) -> Path:
             require_tokenizer(weights, weights_path)            # before any compute
         corpus = prepare_corpus(cfg, out, rank, world, backend.device(local_rank), weights)
         for si in range(done, len(cfg.stages)):
-            global_step = run_stage(cfg, si, corpus, out, rank, world, metrics, global_step)
+            first = (weights, weights_path) if si == done else None          # read once above
+            global_step = run_stage(cfg, si, corpus, out, rank, world, metrics, global_step, first)
     metrics.close()
     barrier()
     return out
