@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tasu.config.loader import load_config
+from tasu.data.config import SourceConfig
 from tasu.taste.config import TasteConfig
 from tasu.taste.data import Utterance, collate, frequency_shift, stack_frames, text_tokenizer, tokenize, train_batches
 from tasu.taste.model import TasteAutoencoder
@@ -84,3 +85,41 @@ def test_autoencoder_modes():
         assert (out.rvq is None) == (mode != "vq") and (out.commit_loss > 0) == (mode == "vq")
     with pytest.raises(ValueError, match="unknown mode"):
         m(**b.tokenizer_inputs(), mode="bogus")
+
+
+def _audio_manifest(tmp_path, n_good: int, n_corrupt: int):
+    import json
+
+    import soundfile as sf
+
+    recs = []
+    for i in range(n_good):
+        sf.write(tmp_path / f"g{i}.wav", 0.1 * np.sin(2 * np.pi * 300 * np.arange(3200) / 16000), 16000)
+        recs.append({"key": f"g{i}", "task": "ASR", "target": f"word {i}", "path": str(tmp_path / f"g{i}.wav"),
+                     "GT": f"word {i}"})
+    for i in range(n_corrupt):
+        (tmp_path / f"c{i}.wav").write_bytes(b"RIFF not audio at all")
+        recs.append({"key": f"c{i}", "task": "ASR", "target": "lost", "path": str(tmp_path / f"c{i}.wav"),
+                     "GT": "lost"})
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (tmp_path / "t.txt").write_text("a text only sentence\n")
+    return [SourceConfig(path=str(tmp_path / "m.jsonl")), SourceConfig(path=str(tmp_path / "t.txt"))]
+
+
+def test_read_records_counts_bad_audio_and_enforces_the_skip_ratio(tmp_path, caplog):
+    import logging
+
+    from tasu.data.config import DataConfig
+    from tasu.data.faults import DataError
+    from tasu.taste.data import read_records
+
+    sources = _audio_manifest(tmp_path, n_good=3, n_corrupt=1)
+    with caplog.at_level(logging.WARNING):
+        got = list(read_records(sources, DataConfig(max_skip_ratio=0.5, skip_check_after=1), 0, 1, "taste.data"))
+    assert [k for k, _, _ in got] == ["g0", "g1", "g2"] and got[0][1] == "word 0" and got[0][2].shape == (3200,)
+    assert "'c0' (corrupt_audio)" in caplog.text and "1 text-only record" in caplog.text
+    # 1 bad of 4 read is over a 1 % ratio: the run stops naming the key that governs it
+    with pytest.raises(DataError, match="data.max_skip_ratio"):
+        list(read_records(sources, DataConfig(max_skip_ratio=0.01, skip_check_after=1), 0, 1, "taste.data"))
+    with pytest.raises(DataError, match="data.on_error=fail"):
+        list(read_records(sources, DataConfig(on_error="fail"), 0, 1, "taste.data"))

@@ -23,7 +23,6 @@ padding), keys / values [B, T, D] (0 on padding), units [B, T] (0 on padding), l
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 
@@ -34,6 +33,7 @@ from torch import Tensor
 from tasu.config.fields import ConfigError
 from tasu.config.loader import resolve_path
 from tasu.data.audio_io import AudioError, decode_audio_bytes, read_audio, resample
+from tasu.data.faults import FaultCounter
 from tasu.data.features import compute_features
 from tasu.data.sources import read_part, resolve_source
 from tasu.data.tar_io import TarFault
@@ -143,37 +143,44 @@ def frequency_shift(audio: np.ndarray, hz: float, sample_rate: int) -> np.ndarra
 def read_records(sources, data_cfg, rank: int, world: int, section: str,
                  freq_shifts: list[float] = (0.0,)) -> Iterator[tuple[str, str, np.ndarray]]:
     """(key, transcript, 16 kHz audio [N]) of this rank's share (`part_range` split) of every source, once per
-    frequency shift (key suffix `~<shift>Hz` for non-zero shifts); bad samples are counted and skipped (or raise,
-    data.on_error=fail). Text-only records are skipped: TASTE needs speech."""
-    bad: Counter = Counter()
+    frequency shift (key suffix `~<shift>Hz` for non-zero shifts). Bad samples go through the loader's
+    `FaultCounter`: each is logged with its key and counted by reason, data.on_error=fail stops at the first, and
+    the run stops once they exceed data.max_skip_ratio of the samples read. Text-only records are skipped (TASTE
+    needs speech) and counted apart: they are not faults."""
+    faults = FaultCounter(data_cfg.max_skip_ratio, data_cfg.skip_check_after, data_cfg.on_error,
+                          f"{section} rank {rank}")
+    text_only = 0
     for i, cfg in enumerate(sources):
         src = resolve_source(cfg, i, f"{section}.{i}", data_cfg.on_error)
+        for reason, n in sorted(src.bad.items()) if rank == 0 else ():   # manifest records already logged one by one
+            faults.skip(reason, None, "bad manifest record(s), see the warnings above", f"{section}.{i}", count=n)
         for s in read_part(src, epoch=0, part=rank, num_parts=world, seed=0, shuffle=False, as_text=False):
+            if isinstance(s, TarFault):
+                faults.skip(s.reason, None, s.detail, s.where, count=s.count)
+                continue
+            if s["__input__"] != "audio":
+                text_only += 1
+                continue
             try:
-                if isinstance(s, TarFault):
-                    raise AudioError(s.reason, s.detail)
-                if s["__input__"] != "audio":
-                    bad["text_only"] += 1
-                    continue
                 text = s["meta"].get("GT") or s["meta"].get("target") or ""
                 if not text.strip():
-                    raise AudioError("no_transcript", f"{s['__where__']}: sample {s['__key__']!r} has no transcript")
+                    raise AudioError("no_transcript", "the record has neither a non-empty GT nor target")
                 if "audio_bytes" in s:
                     audio, sr = decode_audio_bytes(s["audio_bytes"], s["__where__"])
                 else:
                     audio, sr = read_audio(s["audio_path"])
             except AudioError as e:
-                if data_cfg.on_error == "fail":
-                    raise
-                bad[e.reason] += 1
-                log.warning("skipped: %s", e)
+                faults.skip(e.reason, s["__key__"], str(e), s["__where__"])
                 continue
+            faults.ok()
             audio = resample(audio, sr, data_cfg.sample_rate)
             for hz in freq_shifts:
                 key = s["__key__"] if hz == 0.0 else f"{s['__key__']}~{hz:g}Hz"
                 yield key, text.strip(), frequency_shift(audio, hz, data_cfg.sample_rate)
-    if bad:
-        log.warning("%s: skipped samples %s", section, dict(bad))
+    if text_only:
+        log.warning("%s: skipped %d text-only record(s) (TASTE needs speech)", section, text_only)
+    if faults.skipped:
+        log.warning("%s: skipped bad samples %s of %d read", section, dict(faults.skipped), faults.read)
 
 
 def stack_frames(feats: Tensor, frames: int) -> Tensor:
