@@ -54,17 +54,22 @@ def test_ctc_model_forward_contract():
     assert len(model.decode(batch, beam=2)) == 4
 
 
-def test_ctc_loss_matches_torch_and_checks_targets():
+def test_ctc_loss_on_logits_matches_torch_on_log_probs_and_checks_targets():
     torch.manual_seed(0)
-    lp = torch.randn(2, 12, 5).log_softmax(-1)
-    from tasu.types import Posteriors
-
-    post = Posteriors(lengths=torch.tensor([12, 7]), vocab_size=5, log_probs=lp)
+    logits = (3 * torch.randn(2, 12, 5)).requires_grad_()
+    lp = logits.log_softmax(-1)
     ref = torch.nn.functional.ctc_loss(lp.transpose(0, 1), torch.tensor([1, 2, 3, 4]), torch.tensor([12, 7]),
                                        torch.tensor([3, 1]), reduction="mean", zero_infinity=True)
-    torch.testing.assert_close(ctc_loss(post, [[1, 2, 3], [4]]), ref)
+    got = ctc_loss(logits, torch.tensor([12, 7]), [[1, 2, 3], [4]])
+    torch.testing.assert_close(got, ref)
+    (g_ref,) = torch.autograd.grad(ref, logits)
+    (g_got,) = torch.autograd.grad(got, logits)
+    torch.testing.assert_close(g_got, g_ref)
+    # bf16 logits: the op promotes to fp32 itself
+    torch.testing.assert_close(ctc_loss(logits.detach().bfloat16(), torch.tensor([12, 7]), [[1, 2, 3], [4]]),
+                               ctc_loss(logits.detach().bfloat16().float(), torch.tensor([12, 7]), [[1, 2, 3], [4]]))
     with pytest.raises(ValueError, match="non-empty target"):
-        ctc_loss(post, [[1], []])
+        ctc_loss(logits, torch.tensor([12, 7]), [[1], []])
 
 
 @pytest.mark.parametrize("encoder", ["whisper", "tiny"])

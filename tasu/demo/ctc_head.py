@@ -22,7 +22,6 @@ from tasu.data.features import whisper_log_mel
 from tasu.eval.ctc_decode import greedy_decode
 from tasu.eval.metrics import cer
 from tasu.model.ctc_model import ctc_loss
-from tasu.types import Posteriors
 
 log = logging.getLogger("tasu.ctc_head")
 
@@ -155,8 +154,7 @@ def train_head(head, tok, train: dict, dev: dict, opts: HeadTraining, on_step=No
             x = F.dropout(x, opts.feat_dropout, training=True)
             if opts.time_masks:
                 x = time_mask(x, lens, opts.time_masks, opts.time_mask_width, rng)
-            post = Posteriors(lengths=lens, vocab_size=tok.vocab_size, log_probs=head(x, lens).log_softmax(-1))
-            loss = ctc_loss(post, [targets[i] for i in batch])
+            loss = ctc_loss(head(x, lens), lens, [targets[i] for i in batch])
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)

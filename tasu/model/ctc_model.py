@@ -5,7 +5,7 @@ SpeechLLM's parameter layout (`encoder.encoder.*` body, `encoder.ctc_head.*` hea
 trains carry into a later posterior / lego / features stage unchanged, and freezing groups (`encoder`,
 `ctc_head`) mean the same thing in both.
 
-    feats [B, F, M] -> encoder -> log-probs [B, T, V] -> CTC loss against ctc_targets (unit ids, no blanks)
+    feats [B, F, M] -> encoder -> logits [B, T, V] -> CTC loss against ctc_targets (unit ids, no blanks)
 
 The CTC vocabulary is `ctc_tokenizer` (blank id 0): the same object the CPS simulator of later stages uses.
 """
@@ -21,21 +21,20 @@ from tasu.kernels import get_op
 from tasu.types import Posteriors, SpeechBatch
 
 
-def ctc_loss(post: Posteriors, targets: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Mean over the batch of each row's CTC loss divided by its target length (torch's reduction="mean"),
-    from dense log-probs [B, T, V] in fp32, through the `ctc_loss` kernel op (`kernels.impl`). Rows whose targets
+def ctc_loss(logits: torch.Tensor, lengths: torch.Tensor, targets: Sequence[Sequence[int]],
+             blank_id: int = 0) -> torch.Tensor:
+    """Mean over the batch of each row's CTC loss divided by its target length (torch's reduction="mean") of raw
+    CTC logits [B, T, V] (any float dtype; lengths [B]) against unit-id targets, through the `ctc_loss` kernel op
+    (`kernels.impl`). The op log-softmaxes in fp32 block by block: no fp32 [B, T, V] log-prob tensor (nor its
+    gradient) is ever built, which at a 152k LLM vocabulary is 9.7 GB for B = 16, T = 1000. Rows whose targets
     cannot be aligned in T frames add 0 (zero_infinity), so one too-short clip cannot turn the step into inf."""
-    if post.log_probs is None:
-        raise ValueError("ctc_loss needs dense log-probs (Posteriors.log_probs)")
-    if len(targets) != post.batch_size or any(len(t) == 0 for t in targets):
-        raise ValueError(f"ctc_loss needs one non-empty target per row: {post.batch_size} rows, target lengths "
+    if len(targets) != logits.shape[0] or any(len(t) == 0 for t in targets):
+        raise ValueError(f"ctc_loss needs one non-empty target per row: {logits.shape[0]} rows, target lengths "
                          f"{[len(t) for t in targets][:8]}")
-    dev = post.lengths.device
+    dev = lengths.device
     flat = torch.tensor([u for t in targets for u in t], dtype=torch.long, device=dev)
     tlen = torch.tensor([len(t) for t in targets], dtype=torch.long, device=dev)
-    # the `ctc_loss` kernel op takes logits and log-softmaxes them in fp32: log-probs are their own log-softmax,
-    # so this is F.ctc_loss on the log-probs (value and gradient), with memory bounded for large vocabularies
-    return get_op("ctc_loss")(post.log_probs.float(), flat, post.lengths, tlen, post.blank_id, "mean", True)
+    return get_op("ctc_loss")(logits, flat, lengths, tlen, blank_id, "mean", True)
 
 
 class CTCModel(nn.Module):
@@ -66,8 +65,11 @@ class CTCModel(nn.Module):
             raise ValueError(f"CTCModel trains in ctc mode only, got mode '{mode}' (text-only data in a ctc stage?)")
         if batch.ctc_targets is None:
             raise ValueError(f"ctc mode needs ctc_targets (a GT transcript per sample); batch keys {batch.keys[:3]}")
-        post = self.posteriors(batch)
-        return ctc_loss(post, batch.ctc_targets), sum(len(t) for t in batch.ctc_targets)
+        if batch.feats is None:
+            raise ValueError(f"ctc mode needs acoustic features; got a text-only batch (keys {batch.keys[:3]})")
+        p = next(self.encoder.parameters())
+        out = self.encoder(batch.feats.to(p.dtype), batch.feat_lengths)   # raw logits: the op log-softmaxes
+        return ctc_loss(out.logits, out.lengths, batch.ctc_targets), sum(len(t) for t in batch.ctc_targets)
 
     @torch.no_grad()
     def decode(self, batch: SpeechBatch, beam: int = 1, prune_top_k: int | None = None) -> list[str]:

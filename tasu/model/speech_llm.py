@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from tasu.align.psd import psd_compress
+from tasu.model.ctc_model import ctc_loss
 from tasu.types import Posteriors, SpeechBatch
 
 IGNORE_INDEX = -100
@@ -72,12 +73,14 @@ class SpeechLLM(nn.Module):
         if batch.feats is None:
             raise ValueError(f"{mode} mode needs acoustic features; got a text-only batch (keys {batch.keys[:3]})")
         layers = self.feature_layers if mode == "features" else ()
-        ctc = self.ctc_weight > 0 and self.training and batch.ctc_targets is not None
-        # log-probs only for the CTC loss: PSD and the projectors read probabilities, and a second fp32 [B, T, V]
-        # tensor costs ~0.5 s a step at V = 25055 on CPU (benchmarks/README.md)
-        post = self.encoder.posteriors(batch.feats, batch.feat_lengths, hidden_layers=layers, log_probs=ctc)
-        if ctc:
-            self._ctc_loss = self.ctc_loss(post, batch.ctc_targets)
+        out = self.encoder(batch.feats, batch.feat_lengths, layers)
+        if self.ctc_weight > 0 and self.training and batch.ctc_targets is not None:
+            # joint CTC on the raw logits: the op log-softmaxes in fp32 block by block, so no log-prob [B, T, V]
+            # tensor exists beside the probabilities
+            self._ctc_loss = ctc_loss(out.logits, out.lengths, batch.ctc_targets)
+        # probabilities only: PSD and the projectors read nothing else, and a second fp32 [B, T, V] tensor costs
+        # ~0.5 s a step at V = 25055 on CPU (benchmarks/README.md)
+        post = self.encoder.posteriors_of(out, log_probs=False)
         if self.psd_threshold is not None:
             # projectors read probabilities (and features) only: no merged log-probs, so PSD runs as the
             # `psd_compress` kernel op
@@ -100,13 +103,6 @@ class SpeechLLM(nn.Module):
             post = replace(post, probs=post.probs + touch.to(post.probs.dtype))
         emb, lengths = self.projector(post)
         return emb.to(self.llm_dtype), lengths
-
-    @staticmethod
-    def ctc_loss(post: Posteriors, targets: list[list[int]]) -> torch.Tensor:
-        """Mean CTC loss (per target unit) of encoder log-probs [B, T, V] against unit-id targets."""
-        from tasu.model.ctc_model import ctc_loss
-
-        return ctc_loss(post, targets)
 
     @staticmethod
     def _dtype_of(module: nn.Module) -> torch.dtype:

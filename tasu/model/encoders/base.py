@@ -56,7 +56,11 @@ class CTCEncoder(nn.Module):
         """CTC posteriors (log_softmax in fp32); `features` = the requested hidden state(s), concatenated on D.
         `log_probs=False`: probabilities only (one softmax: no second [B, T, V] tensor for consumers that read
         probabilities only, e.g. PSD + projector)."""
-        out = self(feats, feat_lengths, hidden_layers)
+        return self.posteriors_of(self(feats, feat_lengths, hidden_layers), log_probs)
+
+    def posteriors_of(self, out: EncoderOutput, log_probs: bool = True) -> Posteriors:
+        """`posteriors` of an encoder output already computed (callers that also need its raw logits, e.g. a CTC
+        loss, run the encoder once)."""
         features = None
         if out.hidden:
             features = out.hidden[0] if len(out.hidden) == 1 else torch.cat(out.hidden, dim=-1)
