@@ -2,8 +2,9 @@
 
 Writes benchmarks/results/kernels_<device>.json: a list of rows, one per (op, implementation, case), each with
 op, impl, baseline, shape, mode, dtype, time_ms, baseline_time_ms, speedup, peak_mem_bytes,
-baseline_peak_mem_bytes, max_rel_diff (impl output vs baseline output), device, commit, torch, the machine's load
-and the methods used.
+baseline_peak_mem_bytes, max_rel_diff (impl output vs baseline output), device, commit, torch, malloc (the C
+allocator: glibc, or tcmalloc / jemalloc under LD_PRELOAD, where memory is not measured), the machine's load and
+the methods used.
 
 Baselines: what the reference TASU code does for the same work (NOTES.md §1), fed the same inputs:
   sim_project    per sample, per token, a dense smoothed one-hot row built on the host (torch.full(V, a / V), then
@@ -321,10 +322,14 @@ def measure_time(case: str, impl: str, device: str, repeats: int) -> dict:
 
 
 # ------------------------------------------------------------------ driver
+def mib(n: int | None) -> str:
+    return f"{n / 2**20:9.1f}" if n is not None else "        -"
+
+
 def environment(device: str, threads: int) -> dict:
     import torch
 
-    from tasu.provenance import cpu_name, git_commit
+    from tasu.provenance import cpu_name, git_commit, malloc_library
 
     commit = git_commit()
     desc = f"{cpu_name()}; {threads} torch thread(s) of {os.cpu_count()} logical CPUs"
@@ -332,7 +337,8 @@ def environment(device: str, threads: int) -> dict:
         from tasu import backend
 
         desc = f"{device}: {backend.device_name()}; host {desc}"
-    return dict(device=desc, commit=commit, torch=torch.__version__, python=sys.version.split()[0])
+    return dict(device=desc, commit=commit, torch=torch.__version__, python=sys.version.split()[0],
+                malloc=malloc_library())
 
 
 def run_sub(device: str, threads: int, *what: str) -> dict:
@@ -380,8 +386,11 @@ def main() -> None:
         spec = CASES[case]
         load = os.getloadavg()[0]
         timed = run_sub(a.device, a.threads, "--measure-time", case, impl)
-        base = dict(timed["baseline"], **run_sub(a.device, a.threads, "--measure-memory", case, "baseline"))
-        got = dict(timed[impl], **run_sub(a.device, a.threads, "--measure-memory", case, impl))
+        # RSS shows a call's peak only when freed memory goes back to the OS (glibc after malloc_trim); tcmalloc
+        # and jemalloc keep it mapped, so under them (LD_PRELOAD) memory is not measured
+        rss_ok = a.device != "cpu" or env["malloc"] == "glibc"
+        base, got = ({**timed[which], **(run_sub(a.device, a.threads, "--measure-memory", case, which) if rss_ok
+                                         else {"peak_mem_bytes": None})} for which in ("baseline", impl))
         row = dict(op=spec["op"], impl=impl, baseline=BASELINES[spec["op"]], case=case, shape=spec["shape"],
                    mode=spec["mode"], dtype="float32", time_ms=round(got["time_ms"], 3),
                    baseline_time_ms=round(base["time_ms"], 3), speedup=round(base["time_ms"] / got["time_ms"], 2),
@@ -396,8 +405,9 @@ def main() -> None:
                    timing_method=("min (and median) wall time over repeats after one warm-up each; baseline and "
                                   "impl alternate call by call in one fresh subprocess; cpu_time_ms: min process "
                                   "CPU time of the same calls (less sensitive to other jobs on the machine)"),
-                   memory_method=("VmHWM - VmRSS around one call after malloc_trim + clear_refs (CPU)"
-                                  if a.device == "cpu" else "allocator peak above the pre-call level"),
+                   memory_method=("allocator peak above the pre-call level" if a.device != "cpu" else
+                                  "VmHWM - VmRSS around one call after malloc_trim + clear_refs (CPU)" if rss_ok else
+                                  f"not measured: {env['malloc']} keeps freed memory mapped, so RSS cannot show it"),
                    **env)
         if spec["op"] == "psd_compress":
             row["input"] = psd_input_stats(spec["shape"]["B"], spec["shape"]["T"])
@@ -407,7 +417,7 @@ def main() -> None:
         out.write_text(json.dumps(ordered, indent=1) + "\n")       # after every case: a time limit loses none
         print(f"{case:30s} {impl:7s} {row['time_ms']:10.2f} ms  baseline {row['baseline_time_ms']:10.2f} ms  "
               f"x{row['speedup']:<8} (cpu time x{row['speedup_cpu_time']:<8}) mem "
-              f"{row['peak_mem_bytes'] / 2**20:9.1f} MiB  baseline {row['baseline_peak_mem_bytes'] / 2**20:9.1f} MiB  "
+              f"{mib(row['peak_mem_bytes'])} MiB  baseline {mib(row['baseline_peak_mem_bytes'])} MiB  "
               f"load {load:.2f}", flush=True)
     print(f"wrote {out}")
 

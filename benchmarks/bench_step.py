@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tasu.provenance import cpu_name, git_commit  # noqa: E402
+from tasu.provenance import cpu_name, git_commit, malloc_library  # noqa: E402
 
 V_CTC = 25055
 
@@ -423,7 +423,7 @@ def main(argv=None) -> int:
     llm = speech.llm.config
     result.update({
         "device": device_name if args.device != "cpu" else f"cpu: {cpu_name()}",
-        "threads": args.threads, "peak_flops": peak, "peak_flops_method": peak_method,
+        "threads": args.threads, "malloc": malloc_library(), "peak_flops": peak, "peak_flops_method": peak_method,
         "measured_matmul_flops": measured_peak,
         "measured_matmul_method": "best of 2048^3 fp32 (CPU) / 8192^3 bf16 (GPU) matmuls in this run",
         "commit": git_commit(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),

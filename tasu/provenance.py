@@ -37,3 +37,17 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def malloc_library() -> str:
+    """The C allocator this process runs on: 'tcmalloc' / 'jemalloc' when one is mapped (LD_PRELOAD), else 'glibc'.
+    CPU timings of large fresh tensors depend on it (glibc returns blocks > 32 MB to the OS, so each new one pays
+    page faults again; tcmalloc and jemalloc keep them)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return "unknown"
+    for name in ("tcmalloc", "jemalloc"):
+        if f"lib{name}" in maps:
+            return name
+    return "glibc"
