@@ -115,3 +115,18 @@ def test_backend_lookup_without_the_facade(monkeypatch):
     # tasu.backend missing -> "cpu" (the facade is the only module allowed to name devices)
     monkeypatch.setitem(sys.modules, "tasu.backend", None)
     assert dispatch.device_type() == "cpu"
+
+
+def test_id_check_raises_on_the_host_and_asserts_asynchronously_on_a_device(monkeypatch):
+    import torch
+
+    from tasu.kernels.checks import check_ids_in_range
+
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, V=5\), got values in \[0, 7\]"):
+        check_ids_in_range(torch.tensor([0, 7]), 5, "ids")
+    check_ids_in_range(torch.tensor([0, 4]), 5, "ids")
+    asserted = []
+    monkeypatch.setattr(torch, "_assert_async", lambda cond, msg: asserted.append((cond.shape, cond.dtype, msg)))
+    # a non-host tensor: no value is read back (a meta tensor has none), the check is queued on the device
+    check_ids_in_range(torch.zeros(4, dtype=torch.long, device="meta"), 5, "ids")
+    assert asserted == [(torch.Size([]), torch.bool, "ids must lie in [0, V=5)")]

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tasu.kernels.checks import check_ids_in_range
+
 # Rows of W handled together so that one block stays in L2 while it is used 3 times (gemv, gemv, column gather).
 _BLOCK_BYTES = 1 << 20
 
@@ -39,10 +41,7 @@ def check_sim_project_inputs(ids: torch.Tensor, smooth: torch.Tensor, weight: to
             raise ValueError(f"sim_project: {name} must be [{v}] (LayerNorm over the vocabulary), got {tuple(t.shape)}")
     if not eps > 0:
         raise ValueError(f"sim_project: eps must be > 0, got {eps}")
-    if ids.numel():
-        lo, hi = torch.aminmax(ids)                                     # one host sync per call
-        if int(lo) < 0 or int(hi) >= v:
-            raise ValueError(f"sim_project: ids must lie in [0, V={v}), got values in [{int(lo)}, {int(hi)}]")
+    check_ids_in_range(ids, v, "sim_project: ids")                      # no host sync on an accelerator
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tasu.align.sim_project import sim_linear
+from tasu.kernels.checks import check_ids_in_range
 from tasu.types import Posteriors
 
 INPUT_KINDS = ("posteriors", "features")
@@ -43,8 +44,7 @@ class FrameInput:
             return cls(mask=mask, dense=post.features.masked_fill(~mask.unsqueeze(-1), 0.0))
         if post.is_sparse:
             ids = post.ids.masked_fill(~mask, 0)
-            if bool(((ids < 0) | (ids >= post.vocab_size)).any()):
-                raise ValueError(f"sparse Posteriors ids must lie in [0, {post.vocab_size}) on valid frames")
+            check_ids_in_range(ids, post.vocab_size, "sparse Posteriors ids on valid frames")
             return cls(mask=mask, ids=ids, smooth=post.smooth.masked_fill(~mask, 0.0), vocab_size=post.vocab_size)
         return cls(mask=mask, dense=post.dense_probs().masked_fill(~mask.unsqueeze(-1), 0.0))
 
