@@ -13,6 +13,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def git_commit(root: Path = REPO_ROOT) -> str:
     """HEAD's hash, with '+uncommitted-changes' when tracked files differ from it; 'uncommitted' outside git.
+    Result files (benchmarks/results/) do not count: one benchmark run writes several of them in turn, and the
+    later ones measure the same code.
     TASU_SOURCE_COMMIT, when set, names the commit instead (marked as such): for a tree copied to another host
     (a GPU machine) whose .git, if any, is not the source's."""
     named = os.environ.get("TASU_SOURCE_COMMIT", "").strip()
@@ -22,8 +24,9 @@ def git_commit(root: Path = REPO_ROOT) -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              check=False).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=False).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)benchmarks/results"], cwd=root, capture_output=True, text=True,
+                               check=False).stdout.strip()
     except OSError:
         pass
     return rev + ("+uncommitted-changes" if dirty else "") if rev else "uncommitted"
