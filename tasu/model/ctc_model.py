@@ -52,12 +52,16 @@ class CTCModel(nn.Module):
         # the recipe sets this for ZeRO-3 stages of SpeechLLM; every ctc batch runs the same graph, so it is unused
         self.uniform_graph = False
 
-    def posteriors(self, batch: SpeechBatch) -> Posteriors:
-        """Dense CTC posteriors [B, T, V] of an audio batch (log-softmax in fp32)."""
+    def encode(self, batch: SpeechBatch):
+        """The encoder's output (raw logits [B, T, V], lengths [B]) for an audio batch."""
         if batch.feats is None:
             raise ValueError(f"ctc mode needs acoustic features; got a text-only batch (keys {batch.keys[:3]})")
         p = next(self.encoder.parameters())
-        return self.encoder.posteriors(batch.feats.to(p.dtype), batch.feat_lengths)
+        return self.encoder(batch.feats.to(p.dtype), batch.feat_lengths)
+
+    def posteriors(self, batch: SpeechBatch) -> Posteriors:
+        """Dense CTC posteriors [B, T, V] of an audio batch (log-softmax in fp32)."""
+        return self.encoder.posteriors_of(self.encode(batch))
 
     def forward(self, batch: SpeechBatch, mode: str = "ctc") -> tuple[torch.Tensor, int]:
         """Mean CTC loss per target unit, and the number of target units in the batch."""
@@ -65,10 +69,7 @@ class CTCModel(nn.Module):
             raise ValueError(f"CTCModel trains in ctc mode only, got mode '{mode}' (text-only data in a ctc stage?)")
         if batch.ctc_targets is None:
             raise ValueError(f"ctc mode needs ctc_targets (a GT transcript per sample); batch keys {batch.keys[:3]}")
-        if batch.feats is None:
-            raise ValueError(f"ctc mode needs acoustic features; got a text-only batch (keys {batch.keys[:3]})")
-        p = next(self.encoder.parameters())
-        out = self.encoder(batch.feats.to(p.dtype), batch.feat_lengths)   # raw logits: the op log-softmaxes
+        out = self.encode(batch)                     # raw logits: the ctc_loss op log-softmaxes them in fp32
         return ctc_loss(out.logits, out.lengths, batch.ctc_targets), sum(len(t) for t in batch.ctc_targets)
 
     @torch.no_grad()
