@@ -4,13 +4,13 @@ Implementations per op (all share one signature and are checked against the refe
     reference  pure-PyTorch definition of the op's meaning (dense / per-frame; slow, any device)
     cpu        vectorised PyTorch path wrapped in an autograd.Function (device-agnostic; default on CPU)
     triton     CUDA path: Triton kernels (CTC: the reduced problem on PyTorch's native CUDA kernel)
-    npu        Ascend path through torch_npu (import-guarded; NOT verified on hardware)
+    npu        Ascend path (the adapter's import is guarded in tasu.backend; NOT verified on hardware)
 
 Selection: `get_op(name, impl)` > `configure(KernelsConfig(impl=...))` (config key `kernels.impl`) > "auto".
 "auto" takes the family the backend facade names for the active device (`BackendInfo.kernel_impl`); when that
-implementation is unavailable (Triton not installed, torch_npu missing) it falls back to the reference and logs one
+implementation is unavailable (Triton not installed, no Ascend adapter) it falls back to the reference and logs one
 line per op. An implementation named explicitly must be available, or get_op raises.
-Implementations are imported lazily, so importing tasu.kernels never imports triton or torch_npu.
+Implementations are imported lazily, so importing tasu.kernels never imports triton or the Ascend adapter.
 """
 
 from __future__ import annotations
@@ -98,7 +98,8 @@ def impl_available(impl: str) -> tuple[bool, str]:
     if impl == "npu":
         from tasu.kernels.npu import npu_available
 
-        return (True, "") if npu_available() else (False, "torch_npu is not importable or sees no NPU")
+        return (True, "") if npu_available() else (False, "the Ascend adapter is not importable or sees no NPU "
+                                                           "(tasu.backend.npu_available)")
     raise ValueError(f"unknown kernel implementation '{impl}' {IMPLS}")
 
 

@@ -1,11 +1,11 @@
-"""Ascend NPU implementations (the one kernel module allowed to name torch_npu; its guarded import and
-`torch.npu.is_available()` check live in tasu.backend.npu_available).
+"""Ascend NPU implementations. The Ascend adapter's guarded import and device check live in the backend facade
+(tasu.backend.npu_available); nothing here imports it or names its device module.
 
-NOT verified on NPU hardware: torch_npu needs Huawei's CANN libraries, which no registry carries, so this module
+NOT verified on NPU hardware: the adapter needs Huawei's CANN libraries, which no registry carries, so this module
 is exercised here only through the dispatch tests (with a faked backend) and by running the same code on CPU.
 
-torch_npu registers its kernels behind the ordinary aten ops, so the NPU path is the vectorised PyTorch path
-restricted to ops that torch_npu documents (op-plugin): index_select / index_add / scatter for sim_project and
+The adapter registers its kernels behind the ordinary aten ops, so the NPU path is the vectorised PyTorch path
+restricted to ops that the adapter documents (op-plugin): index_select / index_add / scatter for sim_project and
 psd_compress, mm + softmax for posterior_embed; F.ctc_loss dispatches to aclnnCtcLoss. Two choices differ from
 the cpu path: top-k posterior_embed gathers embedding rows and uses bmm instead of F.embedding_bag (no NPU
 embedding_bag kernel is documented), and ctc_loss keeps padded int64 targets.
@@ -23,7 +23,7 @@ from tasu.kernels.torch_ops.sim_project import sim_project_fused
 
 
 def npu_available() -> bool:
-    """torch_npu imports and sees a device (the guarded check lives in the backend facade)."""
+    """The Ascend adapter imports and sees a device (the guarded check lives in the backend facade)."""
     try:
         from tasu.backend import npu_available as backend_npu_available
     except ImportError:
@@ -32,7 +32,7 @@ def npu_available() -> bool:
 
 
 def sim_project_npu(ids, smooth, weight, bias=None, ln_weight=None, ln_bias=None, eps=1e-5):
-    """Closed-form sim_project (index_select / index_add / mv: documented torch_npu aten kernels)."""
+    """Closed-form sim_project (index_select / index_add / mv: aten kernels the Ascend op-plugin documents)."""
     return sim_project_fused(ids, smooth, weight, bias, ln_weight, ln_bias, eps)
 
 
@@ -83,5 +83,5 @@ def posterior_embed_npu(logits, embedding, top_k=None):
 
 
 def ctc_loss_npu(logits, targets, input_lengths, target_lengths, blank=0, reduction="mean", zero_infinity=False):
-    """Reduced-vocabulary CTC; F.ctc_loss runs torch_npu's aclnnCtcLoss on NPU tensors."""
+    """Reduced-vocabulary CTC; F.ctc_loss runs the Ascend aclnnCtcLoss on NPU tensors."""
     return ctc_loss_reduced(logits, targets, input_lengths, target_lengths, blank, reduction, zero_infinity)
